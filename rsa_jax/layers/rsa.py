@@ -1,0 +1,274 @@
+"""Relational Self-Attention (Kim et al., NeurIPS 2021) as a Flax linen module.
+
+Notation follows ``shared/docs/rsa-method.md`` §1 (and the official ``ops/rsa.py``):
+at every position n the layer forms L = ``num_heads`` queries q̂, one key k̂ and one
+value v̂ (all L2-normalised, eps inside the square root), and computes
+
+    y_{n,l} = κ_{n,l} · X_n
+    κ_{n,l} = q̂_{n,l}ᵀ (P + R_n) A          kernel: basic (P) + relational (R_n = H1 * k̂)
+    X_n     = V_n Λ + V_n V_nᵀ Γᵀ             context: basic (Λ = I) + relational (Γ = G)
+
+over a kT×kH×kW window (M = kT·kH·kW offsets, zero padded, no wrap-around).
+
+Two numerically equivalent implementations sit behind one interface:
+
+* ``'conv'`` — the factorised form of the official code (§1.4): the key map is
+  filtered by the grouped 3-D convolution H1, every value channel by the shared
+  single-channel filter banks H2 and G (fused into one convolution), and the
+  per-position latent kernel (nh × dd) and latent context (dd × dv) are contracted
+  with ``einsum``.  Never materialises anything of size M per position.
+* ``'patches'`` — literal to the paper: the M-neighbourhoods of k̂ and v̂ are
+  extracted (pad + slice + stack; the gradient of ``conv_general_dilated_patches``
+  is pathologically slow on CPU), the M-dim kernels κ (nh × M) and the M-row
+  contexts X (M × dv) are formed explicitly and ``y = κ X``.  The M × M
+  self-correlation V Vᵀ is folded by associativity, V (Vᵀ Γᵀ), since it would
+  cost M²·dv per position.
+
+Output channels are value-major, head-minor (channel ``e * num_heads + h``), as
+the official ``rearrange`` produces; official checkpoints depend on it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Literal, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+KernelType = Literal["V", "R", "VplusR"]
+_TYPES = ("V", "R", "VplusR")
+L2_EPS = 1e-6  # official: x / (sum(x^2) + 1e-6) ** 0.5
+
+
+@dataclasses.dataclass(frozen=True)
+class RSADims:
+    """Resolved head sizes, in the official order (dv, then dk, then dd)."""
+
+    nh: int
+    dk: int
+    dv: int
+    dd: int
+    d_hid: int
+
+
+def resolve_dims(features: int, num_heads: int, key_dim: int | None,
+                 value_dim: int | None, latent_dim: int | None,
+                 kernel_size: Sequence[int], kernel_type: str,
+                 context_type: str) -> RSADims:
+    """Resolves default sizes and rejects what the official layer cannot run.
+
+    Raises:
+      ValueError: naming the offending setting and the official constraint.
+    """
+    if kernel_type not in _TYPES:
+        raise ValueError(f"kernel_type must be one of {_TYPES}, got {kernel_type!r}")
+    if context_type not in _TYPES:
+        raise ValueError(f"context_type must be one of {_TYPES}, got {context_type!r}")
+    if len(tuple(kernel_size)) != 3 or any(int(k) < 1 for k in kernel_size):
+        raise ValueError(f"kernel_size must be three positive ints (kT, kH, kW), "
+                         f"got {tuple(kernel_size)}")
+    if any(int(k) % 2 == 0 for k in kernel_size):
+        raise ValueError(
+            f"kernel_size {tuple(kernel_size)} has an even side: the official layer pads "
+            "k//2 on each side, so an even kernel changes the spatial size and its "
+            "rearrangement back to the input grid fails. Use odd kernel sizes.")
+    if num_heads < 1:
+        raise ValueError(f"num_heads must be >= 1, got {num_heads}")
+    # Official resolution order: dv, then dk, then dd (0/None = default).
+    dv = value_dim or features // num_heads
+    dk = key_dim or dv
+    dd = latent_dim or dk
+    if dv < 1:
+        raise ValueError(f"features={features} // num_heads={num_heads} gives value_dim 0")
+    if kernel_type == "V" and dk != dd:
+        raise ValueError(
+            f"kernel_type 'V' uses the query itself as the latent kernel, so it needs "
+            f"key_dim == latent_dim; got key_dim={dk}, latent_dim={dd}.")
+    if context_type == "VplusR" and dv != dk:
+        raise ValueError(
+            f"context_type 'VplusR' adds I (key_dim x key_dim) to the value x value "
+            f"relational context, so it needs value_dim == key_dim; got "
+            f"value_dim={dv}, key_dim={dk}.")
+    d_hid = num_heads * dk + dv + (0 if kernel_type == "V" else dk)
+    return RSADims(num_heads, dk, dv, dd, d_hid)
+
+
+def l2_normalize(x: jax.Array, axis: int = -1) -> jax.Array:
+    """Official L2 normalisation: eps inside the sqrt, no clamp."""
+    return x * lax.rsqrt(jnp.sum(x * x, axis=axis, keepdims=True) + L2_EPS)
+
+
+def extract_windows(x: jax.Array, kernel_size: Sequence[int]) -> jax.Array:
+    """(B, T, H, W, C) -> (B, T, H, W, M, C): zero-padded neighbourhoods.
+
+    Offsets are enumerated row-major over (t, h, w), the flattening order of a
+    PyTorch Conv3d kernel, so window index o lines up with ``weight[..., o]``.
+    """
+    kt, kh, kw = (int(k) for k in kernel_size)
+    _, t, h, w, _ = x.shape
+    xp = jnp.pad(x, ((0, 0), (kt // 2,) * 2, (kh // 2,) * 2, (kw // 2,) * 2, (0, 0)))
+    slices = [xp[:, a:a + t, b:b + h, c:c + w]
+              for a in range(kt) for b in range(kh) for c in range(kw)]
+    return jnp.stack(slices, axis=-2)
+
+
+def avg_pool_stride2(y: jax.Array) -> jax.Array:
+    """Official strided output: AvgPool3d((1,3,3), (1,2,2), (0,1,1)), pads counted (/9)."""
+    s = lax.reduce_window(y, jnp.array(0, y.dtype), lax.add, (1, 1, 3, 3, 1),
+                          (1, 1, 2, 2, 1), ((0, 0), (0, 0), (1, 1), (1, 1), (0, 0)))
+    return s / jnp.asarray(9, y.dtype)
+
+
+def _fan_out_normal():
+    # Official ResNet re-initialises every Conv3d: kaiming_normal_(fan_out, relu).
+    return nn.initializers.variance_scaling(2.0, "fan_out", "normal")
+
+
+class RSA(nn.Module):
+    """Relational self-attention over a local spatio-temporal window.
+
+    Input and output are channels-last ``(B, T, H, W, C)``; output channels are
+    ``num_heads * value_dim`` in value-major order.
+
+    Attributes:
+      features: d_out; only used for the default value_dim = features // num_heads.
+      num_heads: L, the number of queries sharing one key and one value map.
+      key_dim, value_dim, latent_dim: dk, dv, dd; None = official defaults
+        (dv = features // nh, dk = dv, dd = dk).
+      kernel_size: (kT, kH, kW), odd.
+      strides: any component > 1 average-pools the output spatially by 2, as the
+        official layer does (the stride values themselves are not used).
+      kernel_type: 'V' (basic), 'R' (relational) or 'VplusR'.
+      context_type: 'V' (basic), 'R' (relational) or 'VplusR'.
+      implementation: 'conv' (factorised) or 'patches' (explicit windows).
+      dtype: compute dtype (None = input dtype); param_dtype: parameter dtype.
+      precision: matmul/conv precision (use 'highest' for fixture parity on TPU/GPU).
+    """
+
+    features: int
+    num_heads: int = 8
+    key_dim: int | None = None
+    value_dim: int | None = None
+    latent_dim: int | None = None
+    kernel_size: Sequence[int] = (5, 7, 7)
+    strides: Sequence[int] = (1, 1, 1)
+    kernel_type: KernelType = "VplusR"
+    context_type: KernelType = "VplusR"
+    implementation: Literal["conv", "patches"] = "conv"
+    dtype: Any = None
+    param_dtype: Any = jnp.float32
+    precision: Any = None
+
+    @property
+    def dims(self) -> RSADims:
+        return resolve_dims(self.features, self.num_heads, self.key_dim, self.value_dim,
+                            self.latent_dim, self.kernel_size, self.kernel_type,
+                            self.context_type)
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        if x.ndim != 5:
+            raise ValueError(f"RSA expects (B, T, H, W, C) input, got shape {x.shape}")
+        if self.implementation not in ("conv", "patches"):
+            raise ValueError(f"implementation must be 'conv' or 'patches', "
+                             f"got {self.implementation!r}")
+        d = self.dims
+        ks = tuple(int(k) for k in self.kernel_size)
+        m = int(np.prod(ks))
+        dtype = self.dtype or x.dtype
+        kt = self.kernel_type
+        ct = self.context_type
+
+        # Parameters, in the official registration order.
+        p1 = (self.param("P1", nn.initializers.normal(stddev=(m * d.dd) ** -0.5),
+                         (d.dk, d.dd), self.param_dtype) if kt == "VplusR" else None)
+        lam = (self.param("I", lambda _, s, t: jnp.eye(s[0], dtype=t), (d.dk, d.dk),
+                          self.param_dtype) if ct == "VplusR" else None)
+        w_proj = self.param("projection", _fan_out_normal(), (x.shape[-1], d.d_hid),
+                            self.param_dtype)
+        h1 = (self.param("H1", _fan_out_normal(), ks + (1, d.dk * d.dd), self.param_dtype)
+              if kt != "V" else None)
+        h2 = self.param("H2", _fan_out_normal(), ks + (1, d.dd), self.param_dtype)
+        g = (self.param("G", _fan_out_normal(), ks + (1, d.dv), self.param_dtype)
+             if ct != "V" else None)
+        x, w_proj, p1, lam, h1, h2, g = (
+            None if a is None else jnp.asarray(a, dtype)
+            for a in (x, w_proj, p1, lam, h1, h2, g))
+
+        # Projection and split: queries [0, nh·dk), key (not for 'V'), value (last dv).
+        z = jnp.einsum("bthwc,cd->bthwd", x, w_proj, precision=self.precision)
+        q = l2_normalize(z[..., :d.nh * d.dk].reshape(z.shape[:-1] + (d.nh, d.dk)))
+        k = l2_normalize(z[..., d.nh * d.dk:d.nh * d.dk + d.dk]) if kt != "V" else None
+        v = l2_normalize(z[..., d.d_hid - d.dv:])
+
+        fn = self._conv_form if self.implementation == "conv" else self._patch_form
+        y = fn(q, k, v, p1, lam, h1, h2, g, d, ks)  # (B, T, H, W, dv, nh)
+        y = y.reshape(y.shape[:-2] + (d.dv * d.nh,))  # channel e·nh + h
+        if max(self.strides) > 1:
+            y = avg_pool_stride2(y)
+        return y
+
+    def _conv3d(self, x, w, groups=1):
+        pad = [(k // 2, k // 2) for k in w.shape[:3]]
+        return lax.conv_general_dilated(
+            x, w, (1, 1, 1), pad, dimension_numbers=("NTHWC", "THWIO", "NTHWC"),
+            feature_group_count=groups, precision=self.precision)
+
+    def _conv_form(self, q, k, v, p1, lam, h1, h2, g, d, ks):
+        """Factorised evaluation (official §1.4): convs + latent einsums."""
+        b, t, h, w, _ = v.shape
+        prec = self.precision
+        # Latent kernel κ̃ (nh × dd).
+        if self.kernel_type == "V":
+            kern = q
+        else:
+            r = self._conv3d(k, h1, groups=d.dk).reshape(b, t, h, w, d.dk, d.dd)
+            if p1 is not None:
+                r = r + p1
+            kern = jnp.einsum("bthwnj,bthwjd->bthwnd", q, r, precision=prec)
+        # Every value channel filtered by the shared banks H2 (dd) and G (dv), fused
+        # into one single-channel convolution over a (B·dv)-sized batch.
+        bank = h2 if g is None else jnp.concatenate([h2, g], axis=-1)
+        vb = jnp.moveaxis(v, -1, 1).reshape(b * d.dv, t, h, w, 1)
+        ab = self._conv3d(vb, bank).reshape(b, d.dv, t, h, w, -1)
+        ab = jnp.moveaxis(ab, 1, 4)  # (B, T, H, W, c, dd [+ dv])
+        a_hat = ab[..., :d.dd]  # Â[c, d]
+        if g is None:
+            f = jnp.swapaxes(a_hat, -1, -2)  # F[d, e] = Â[e, d]
+        else:
+            g_hat = ab[..., d.dd:]  # Ĝ[c, e]
+            if lam is not None:
+                g_hat = g_hat + lam  # I indexes [c, e]: no transpose
+            f = jnp.einsum("bthwce,bthwcd->bthwde", g_hat, a_hat, precision=prec)
+        return jnp.einsum("bthwnd,bthwde->bthwen", kern, f, precision=prec)
+
+    def _patch_form(self, q, k, v, p1, lam, h1, h2, g, d, ks):
+        """Explicit M-dim kernels and M-row contexts (paper §1.2-1.3)."""
+        m = int(np.prod(ks))
+        prec = self.precision
+        a = h2.reshape(m, d.dd).T  # A ∈ R^{D × M}
+        vw = extract_windows(v, ks)  # V_n: (..., M, dv)
+        # Kernel κ_{n,l} ∈ R^{M}.
+        if self.kernel_type == "V":
+            kern = jnp.einsum("bthwnd,dm->bthwnm", q, a, precision=prec)
+        else:
+            kw_ = extract_windows(k, ks)  # K_n: (..., M, dk)
+            bmat = h1.reshape(m, d.dk, d.dd)  # B[(j, o), d]
+            r = jnp.einsum("bthwoj,ojd->bthwjd", kw_, bmat, precision=prec)
+            if p1 is not None:
+                r = r + p1
+            lat = jnp.einsum("bthwnj,bthwjd->bthwnd", q, r, precision=prec)
+            kern = jnp.einsum("bthwnd,dm->bthwnm", lat, a, precision=prec)
+        # Context X_n ∈ R^{M × dv}.
+        if g is None:
+            ctx = vw
+        else:
+            gam = g.reshape(m, d.dv)  # Γᵀ
+            vtg = jnp.einsum("bthwoc,oe->bthwce", vw, gam, precision=prec)  # Vᵀ Γᵀ
+            mix = vtg if lam is None else vtg + lam
+            ctx = jnp.einsum("bthwmc,bthwce->bthwme", vw, mix, precision=prec)
+        return jnp.einsum("bthwnm,bthwme->bthwen", kern, ctx, precision=prec)
