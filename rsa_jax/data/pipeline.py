@@ -1,0 +1,239 @@
+"""Input pipeline: `tfds` ArrayRecord data source → grain → batches of clips.
+
+One video becomes one example (shared/docs/rsa-method.md §4.4):
+
+- train: per-host disjoint shard → seeded shuffle (reshuffled every epoch) →
+  repeat → TSN sampling with a random offset per segment → decode only the
+  sampled frames → official multi-scale crop resized to `image_size` →
+  horizontal flip with p = 0.5 except for classes whose name says left/right
+  → ImageNet normalisation → batch (remainder dropped);
+- eval: centre frame of each segment, centre crop; one pass, every video
+  exactly once across hosts, padded to full batches with `mask` = 0;
+- test: `test_num_clips` shifted clips × `test_num_crops` (1 centre or 3
+  full-height crops) views per video, like eval otherwise.
+
+Randomness comes from grain's per-element generators (seed, host, position
+in the epoch-repeated stream), so a run is reproducible and the iterator state
+(`it.get_state()`) resumes on exactly the next batch. Save it with orbax via
+`grain.checkpoint.CheckpointSave(it)` / `grain.checkpoint.CheckpointRestore(it)`
+(handler `grain.checkpoint.CheckpointHandler`), e.g. as one item of
+`ocp.args.Composite(..., data=grain.checkpoint.CheckpointSave(it))`.
+
+No JAX here: the train loop turns host batches into global arrays.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import grain
+import numpy as np
+import tensorflow_datasets as tfds
+
+from rsa_jax.data import builders  # noqa: F401  (registers the builders)
+from rsa_jax.data import decode, sampling, transforms
+
+MODES = ('train', 'eval', 'test')
+
+
+def _builder(data_cfg: Any, data_dir: str | None = None):
+    name = data_cfg.name
+    if data_cfg.get('builder_config'):
+        name = f'{name}/{data_cfg.builder_config}'
+    return tfds.builder(name, data_dir=data_dir or data_cfg.get('data_dir'),
+                        on_error=data_cfg.get('on_error', 'skip'),
+                        num_workers=data_cfg.get('build_workers', 1))
+
+
+def prepare(data_cfg: Any, data_dir: str | None = None):
+    """Builds the TFDS dataset unless it is already built; returns the builder.
+
+    Raw files are read from `data_cfg.manual_dir` (not needed for
+    'synthetic_motion', which is generated from its seed).
+    """
+    builder = _builder(data_cfg, data_dir)
+    manual_dir = data_cfg.get('manual_dir')
+    builder.download_and_prepare(
+        download_config=tfds.download.DownloadConfig(manual_dir=manual_dir))
+    return builder
+
+
+def num_examples(data_cfg: Any, split: str, data_dir: str | None = None) -> int:
+    """Number of videos in `split` (TFDS split syntax such as 'train[:10%]' works)."""
+    return len(_builder(data_cfg, data_dir).as_data_source(split))
+
+
+def class_names(data_cfg: Any, data_dir: str | None = None) -> list[str]:
+    """Class names indexed by label id."""
+    return list(_builder(data_cfg, data_dir).info.features['label'].names)
+
+
+@dataclasses.dataclass(frozen=True)
+class ClipSpec:
+    """What one example should look like; everything the transforms need."""
+    num_frames: int
+    image_size: int
+    height: int  # stored frame size (used to decode 'video' storage)
+    width: int
+    flip: bool = True
+    flip_exempt: frozenset[int] = frozenset()
+    num_clips: int = 1
+    num_crops: int = 1
+
+
+class ClipLoader:
+    """Reads a record and decodes the frames at given 0-based positions."""
+
+    def __init__(self, source, spec: ClipSpec):
+        self.source = source
+        self.spec = spec
+
+    def load(self, index: int, indices: np.ndarray) -> tuple[np.ndarray, int]:
+        record = self.source[int(index)]
+        name = f'record {index} ({record["video_id"]})'
+        if 'frames' in record:
+            frames = decode.decode_frames(record['frames'], indices, name)
+        else:
+            frames = decode.decode_video_frames(
+                record['video'], indices, self.spec.height, self.spec.width, name)
+        return frames, int(record['label'])
+
+    def num_frames(self, index: int) -> int:
+        return int(self.source[int(index)]['num_frames'])
+
+
+class TrainTransform(grain.transforms.RandomMap):
+    """Record index → augmented training clip."""
+
+    def __init__(self, loader: ClipLoader):
+        self.loader = loader
+
+    def random_map(self, index: int, rng: np.random.Generator) -> dict:
+        spec = self.loader.spec
+        record = self.loader.source[int(index)]
+        idx = sampling.train_indices(int(record['num_frames']), spec.num_frames,
+                                     rng)
+        frames, label = self.loader.load(index, idx)
+        box = transforms.sample_multiscale_box(
+            frames.shape[1], frames.shape[2], spec.image_size, rng)
+        clip = transforms.crop_resize(frames, box, spec.image_size)
+        flip = (spec.flip and label not in spec.flip_exempt
+                and rng.random() < 0.5)
+        return {'video': transforms.normalize(clip, flip),
+                'label': np.int32(label), 'index': np.int64(index)}
+
+
+class EvalTransform(grain.transforms.Map):
+    """Record index (or -1 for padding) → centre clip(s), with a mask."""
+
+    def __init__(self, loader: ClipLoader, test: bool):
+        self.loader = loader
+        self.test = test
+
+    def _shape(self) -> tuple[int, ...]:
+        spec = self.loader.spec
+        shape = (spec.num_frames, spec.image_size, spec.image_size, 3)
+        return (spec.num_clips * spec.num_crops, *shape) if self.test else shape
+
+    def map(self, index: int) -> dict:
+        if index < 0:  # padding so every host yields the same full batches
+            return {'video': np.zeros(self._shape(), np.float32),
+                    'label': np.int32(0), 'index': np.int64(-1),
+                    'mask': np.float32(0)}
+        spec = self.loader.spec
+        n = self.loader.num_frames(index)
+        clips = spec.num_clips if self.test else 1
+        per_clip = [sampling.test_indices(n, spec.num_frames, c, clips)
+                    for c in range(clips)]
+        frames, label = self.loader.load(index, np.concatenate(per_clip))
+        h, w = frames.shape[1:3]
+        if self.test and spec.num_crops == 3:
+            boxes = transforms.three_crop_boxes(h, w, spec.image_size)
+        elif spec.num_crops in (1, 3):
+            boxes = [transforms.center_box(h, w, spec.image_size)]
+        else:
+            raise ValueError(f'test_num_crops must be 1 or 3, got {spec.num_crops}')
+        t = spec.num_frames
+        views = [transforms.crop_resize(frames[c * t:(c + 1) * t], box,
+                                        spec.image_size)
+                 for c in range(clips) for box in boxes]
+        video = np.stack(views) if self.test else views[0]
+        return {'video': transforms.normalize(video), 'label': np.int32(label),
+                'index': np.int64(index), 'mask': np.float32(1)}
+
+
+def eval_shard_indices(n: int, per_host_batch: int, process_index: int,
+                       process_count: int) -> list[int]:
+    """Records `process_index::process_count`, padded with -1 to equal full batches.
+
+    Every host gets the same number of batches (ceil(ceil(n / P) / b)), so a
+    multi-host eval loop never waits on a host that ran out.
+    """
+    mine = list(range(process_index, n, process_count))
+    per_host = -(-n // process_count)
+    batches = max(1, -(-per_host // per_host_batch))
+    return mine + [-1] * (batches * per_host_batch - len(mine))
+
+
+def create_iterator(data_cfg: Any, *, split: str, mode: str,
+                    global_batch_size: int, process_index: int = 0,
+                    process_count: int = 1, seed: int = 0,
+                    num_epochs: int | None = None,
+                    data_dir: str | None = None) -> grain.DatasetIterator:
+    """A checkpointable iterator of per-host batches (dicts of NumPy arrays).
+
+    Yields `video` float32 `(b, T, S, S, 3)` (test: `(b, V, T, S, S, 3)`,
+    V = test_num_clips · test_num_crops, clip-major), `label` int32 `(b,)`,
+    `index` int64 `(b,)` (record index; -1 for padding) and, for eval/test,
+    `mask` float32 `(b,)`, with b = global_batch_size // process_count.
+    The dataset must be built already (see `prepare`).
+    """
+    if mode not in MODES:
+        raise ValueError(f'mode must be one of {MODES}, got {mode!r}')
+    if global_batch_size % process_count:
+        raise ValueError(f'global_batch_size {global_batch_size} is not '
+                         f'divisible by process_count {process_count}')
+    if not 0 <= process_index < process_count:
+        raise ValueError(f'process_index {process_index} not in '
+                         f'[0, {process_count})')
+    batch = global_batch_size // process_count
+    builder = _builder(data_cfg, data_dir)
+    source = builder.as_data_source(split)
+    n = len(source)
+    if n == 0:
+        raise ValueError(f'{data_cfg.name}: split {split!r} is empty')
+    names = builder.info.features['label'].names
+    cfg = builder.builder_config
+    spec = ClipSpec(
+        num_frames=data_cfg.num_frames, image_size=data_cfg.image_size,
+        height=getattr(cfg, 'height', 240), width=getattr(cfg, 'width', 320),
+        flip=data_cfg.get('flip', True),
+        flip_exempt=transforms.flip_exempt_classes(names),
+        num_clips=data_cfg.get('test_num_clips', 1),
+        num_crops=data_cfg.get('test_num_crops', 1))
+    loader = ClipLoader(source, spec)
+
+    if mode == 'train':
+        ds = grain.MapDataset.range(n)[process_index::process_count]
+        if len(ds) < batch:
+            raise ValueError(f'{split!r} shard has {len(ds)} videos, fewer '
+                             f'than one batch of {batch}')
+        host_seed = int(np.random.SeedSequence([seed, process_index])
+                        .generate_state(1)[0])
+        ds = ds.shuffle(seed=host_seed).repeat(num_epochs)
+        ds = ds.random_map(TrainTransform(loader), seed=host_seed)
+    else:
+        ids = eval_shard_indices(n, batch, process_index, process_count)
+        ds = grain.MapDataset.source(ids).map(
+            EvalTransform(loader, test=mode == 'test'))
+
+    prefetch = max(1, data_cfg.get('prefetch', 2))
+    read = grain.ReadOptions(num_threads=data_cfg.get('num_threads', 2),
+                             prefetch_buffer_size=prefetch * batch)
+    it_ds = ds.to_iter_dataset(read).batch(batch, drop_remainder=mode == 'train')
+    workers = data_cfg.get('num_workers', 0)
+    if workers > 0:
+        it_ds = it_ds.mp_prefetch(grain.MultiprocessingOptions(
+            num_workers=workers, per_worker_buffer_size=prefetch))
+    return iter(it_ds)
