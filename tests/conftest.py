@@ -1,0 +1,16 @@
+"""Session-wide test set-up: 8 simulated CPU devices for the multi-device tests.
+
+XLA reads the flag when jax initialises its backends, so it must be set before
+any test module imports jax. Single-device tests are unaffected (they use
+``jax.devices()[0]`` or a 1-device mesh).
+"""
+
+import os
+
+_FLAG = "--xla_force_host_platform_device_count=8"
+if _FLAG not in os.environ.get("XLA_FLAGS", ""):
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + _FLAG).strip()
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: end-to-end runs (seconds to minutes); run in CI too")
