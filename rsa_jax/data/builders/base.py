@@ -186,10 +186,11 @@ class VideoBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     def _set_class_names(self, names: Sequence[str]) -> None:
         """For builders whose class list is only known from manual_dir."""
         label = self.info.features['label']
-        if label.names and list(label.names) != list(names):
-            raise ValueError('class names differ from the prepared dataset')
-        if not label.names:
+        if label.num_classes is None:
             label.names = list(names)
+        elif list(label.names) != list(names):
+            raise ValueError(f'{self.name}: class names in manual_dir differ '
+                             'from those of the prepared dataset')
 
     def _check_storage(self, raw_is_video: bool) -> None:
         if self.builder_config.storage not in ('jpeg', 'video'):
