@@ -1,0 +1,118 @@
+"""Broken raw data: each problem is reported with its file and reason."""
+
+import os
+
+import ml_collections
+import pytest
+
+import data_helpers as dh
+from rsa_jax import data
+from rsa_jax.data.builders import BadInputError, EmptySplitError
+from rsa_jax.data.pipeline import _builder
+
+HOLD = 'Holding [something]'
+
+
+def _cfg(name, root, tmp_path, on_error='skip'):
+    return ml_collections.ConfigDict(dict(
+        name=name, builder_config=None, data_dir=str(tmp_path / 'tfds'),
+        manual_dir=str(root), on_error=on_error))
+
+
+@pytest.fixture
+def broken_ssv2(tmp_path):
+    """SSv2 with a good, a corrupt, a truncated, a missing and a mislabelled video."""
+    root = tmp_path / 'raw'
+    dh.write_ssv2(str(root), {'1': (HOLD, 8), '2': (HOLD, 8), '3': (HOLD, 40),
+                              '4': (HOLD, 0), '5': ('Juggling [something]', 8)},
+                  {'9': (HOLD, 8)})
+    videos = root / '20bn-something-something-v2'
+    (videos / '2.webm').write_bytes(os.urandom(3000))
+    dh.truncate(str(videos / '3.webm'), 0.4)
+    return root
+
+
+def test_skip_reports_every_bad_video(broken_ssv2, tmp_path):
+    cfg = _cfg('something_something_v2', broken_ssv2, tmp_path)
+    builder = data.prepare(cfg)
+    assert data.num_examples(cfg, 'train') == 1
+    assert builder.as_data_source('train')[0]['video_id'] in (b'1', '1')
+    problems = builder.problems['train']
+    assert len(problems) == 4
+    videos = str(broken_ssv2 / '20bn-something-something-v2')
+    joined = '\n'.join(problems)
+    assert f'{videos}/2.webm: cannot open video' in joined
+    assert f'{videos}/3.webm: truncated' in joined
+    assert f'{videos}/4.webm: cannot open video' in joined
+    assert "label 'Juggling something' is not in labels.json" in joined
+    assert "train.json: video 5" in joined
+    assert builder.problems['validation'] == []
+
+
+def test_raise_stops_with_file_and_reason(broken_ssv2, tmp_path):
+    cfg = _cfg('something_something_v2', broken_ssv2, tmp_path, 'raise')
+    with pytest.raises(BadInputError, match=r'2\.webm: cannot open video'):
+        data.prepare(cfg)
+
+
+def test_missing_frames_in_folder(tmp_path):
+    root = tmp_path / 'raw'
+    dh.write_jpegs(str(root / 'f' / 'ok'), 6, 'img_{:05d}.jpg')
+    dh.write_jpegs(str(root / 'f' / 'gap'), 6, 'img_{:05d}.jpg', skip=(4,))
+    (root / 'train.txt').write_text('f/ok 6 0\nf/gap 6 1\nf/none 3 1\n'
+                                    'f/ok 6 7\nf/ok six 1\n')
+    (root / 'val.txt').write_text('f/ok 6 1\n')
+    (root / 'classes.txt').write_text('a\nb\n')
+    builder = data.prepare(_cfg('video_list', root, tmp_path))
+    problems = builder.problems['train']
+    assert len(builder.as_data_source('train')) == 1
+    assert len(problems) == 4
+    joined = '\n'.join(problems)
+    assert 'f/gap: 1 of 6 frames missing (first: img_00004.jpg)' in joined
+    assert 'f/none: frame folder not found' in joined
+    assert 'f/ok: label 7 is not one of the 2 classes' in joined
+    assert "train.txt:5: expected" in joined
+
+
+def test_ssv1_folder_gap_and_unknown_label(tmp_path):
+    root = tmp_path / 'raw'
+    frames = root / '20bn-something-something-v1'
+    dh.write_jpegs(str(frames / '1'), 5, '{:05d}.jpg')
+    dh.write_jpegs(str(frames / '2'), 5, '{:05d}.jpg', skip=(2,))
+    (root / 'something-something-v1-labels.csv').write_text('Holding something\n')
+    (root / 'something-something-v1-train.csv').write_text(
+        '1;Holding something\n2;Holding something\n1;Dancing\n')
+    (root / 'something-something-v1-validation.csv').write_text(
+        '1;Holding something\n')
+    builder = data.prepare(_cfg('something_something_v1', root, tmp_path))
+    joined = '\n'.join(builder.problems['train'])
+    assert len(builder.problems['train']) == 2
+    assert '00002.jpg' in joined and "label 'Dancing' is not in" in joined
+
+
+def test_empty_split_fails_clearly(tmp_path):
+    root = tmp_path / 'raw'
+    dh.write_ssv2(str(root), {'1': (HOLD, 8)}, {})
+    with pytest.raises(EmptySplitError, match=r"split 'validation' has no "
+                       r"usable videos \(0 listed in .*validation\.json"):
+        data.prepare(_cfg('something_something_v2', root, tmp_path))
+
+
+def test_all_broken_split_names_first_problem(tmp_path):
+    root = tmp_path / 'raw'
+    dh.write_ssv2(str(root), {'1': (HOLD, 8)}, {'2': (HOLD, 0)})
+    with pytest.raises(EmptySplitError, match=r'first problem: .*2\.webm'):
+        data.prepare(_cfg('something_something_v2', root, tmp_path))
+
+
+def test_missing_label_file_names_path(tmp_path):
+    (tmp_path / 'raw').mkdir()
+    (tmp_path / 'raw' / 'notes.txt').write_text('labels are elsewhere')
+    with pytest.raises(BadInputError, match=r'labels\.json: not found'):
+        data.prepare(_cfg('something_something_v2', tmp_path / 'raw', tmp_path))
+
+
+def test_bad_on_error_value(tmp_path):
+    cfg = _cfg('synthetic_motion', tmp_path, tmp_path, on_error='ignore')
+    with pytest.raises(ValueError, match="on_error must be 'skip' or 'raise'"):
+        _builder(cfg)
