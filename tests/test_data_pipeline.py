@@ -232,3 +232,22 @@ def test_rejects_bad_arguments(data_dir):
     with pytest.raises(ValueError, match='not divisible by process_count'):
         data.create_iterator(cfg, split='train', mode='train',
                              global_batch_size=3, process_count=2)
+
+
+def test_worker_processes_give_the_same_batches(data_dir):
+    kw = dict(split='train', mode='train', global_batch_size=4, seed=3)
+    inline = data.create_iterator(dh.synthetic_cfg(data_dir), **kw)
+    workers = data.create_iterator(dh.synthetic_cfg(data_dir, num_workers=2),
+                                   **kw)
+    for _ in range(2):
+        a, b = next(inline), next(workers)
+        np.testing.assert_array_equal(a['index'], b['index'])
+        np.testing.assert_array_equal(a['video'], b['video'])
+    state = workers.get_state()
+    want = next(inline)
+    resumed = data.create_iterator(dh.synthetic_cfg(data_dir, num_workers=2),
+                                   **kw)
+    resumed.set_state(state)
+    np.testing.assert_array_equal(next(resumed)['video'], want['video'])
+    workers.close()
+    resumed.close()

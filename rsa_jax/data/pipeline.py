@@ -27,6 +27,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+from absl import flags
 import grain
 import numpy as np
 import tensorflow_datasets as tfds
@@ -231,9 +232,16 @@ def create_iterator(data_cfg: Any, *, split: str, mode: str,
     prefetch = max(1, data_cfg.get('prefetch', 2))
     read = grain.ReadOptions(num_threads=data_cfg.get('num_threads', 2),
                              prefetch_buffer_size=prefetch * batch)
-    it_ds = ds.to_iter_dataset(read).batch(batch, drop_remainder=mode == 'train')
+    it_ds = ds.to_iter_dataset(read)
     workers = data_cfg.get('num_workers', 0)
     if workers > 0:
+        # grain's worker processes read absl flags; outside an absl app (tests,
+        # notebooks) they are unparsed, so use their defaults.
+        if not flags.FLAGS.is_parsed():
+            flags.FLAGS.mark_as_parsed()
+        # Workers produce single examples, interleaved in index order, and the
+        # main process batches them: batches do not depend on num_workers.
         it_ds = it_ds.mp_prefetch(grain.MultiprocessingOptions(
-            num_workers=workers, per_worker_buffer_size=prefetch))
+            num_workers=workers, per_worker_buffer_size=prefetch * batch))
+    it_ds = it_ds.batch(batch, drop_remainder=mode == 'train')
     return iter(it_ds)
