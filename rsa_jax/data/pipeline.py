@@ -90,8 +90,12 @@ class ClipLoader:
         self.source = source
         self.spec = spec
 
-    def load(self, index: int, indices: np.ndarray) -> tuple[np.ndarray, int]:
-        record = self.source[int(index)]
+    def record(self, index: int) -> dict:
+        return self.source[int(index)]
+
+    def load(self, record: dict, index: int,
+             indices: np.ndarray) -> tuple[np.ndarray, int]:
+        """uint8 frames `(len(indices), H, W, 3)` of a record, and its label."""
         name = f'record {index} ({record["video_id"]})'
         if 'frames' in record:
             frames = decode.decode_frames(record['frames'], indices, name)
@@ -99,9 +103,6 @@ class ClipLoader:
             frames = decode.decode_video_frames(
                 record['video'], indices, self.spec.height, self.spec.width, name)
         return frames, int(record['label'])
-
-    def num_frames(self, index: int) -> int:
-        return int(self.source[int(index)]['num_frames'])
 
 
 class TrainTransform(grain.transforms.RandomMap):
@@ -112,10 +113,10 @@ class TrainTransform(grain.transforms.RandomMap):
 
     def random_map(self, index: int, rng: np.random.Generator) -> dict:
         spec = self.loader.spec
-        record = self.loader.source[int(index)]
+        record = self.loader.record(index)
         idx = sampling.train_indices(int(record['num_frames']), spec.num_frames,
                                      rng)
-        frames, label = self.loader.load(index, idx)
+        frames, label = self.loader.load(record, index, idx)
         box = transforms.sample_multiscale_box(
             frames.shape[1], frames.shape[2], spec.image_size, rng)
         clip = transforms.crop_resize(frames, box, spec.image_size)
@@ -143,11 +144,13 @@ class EvalTransform(grain.transforms.Map):
                     'label': np.int32(0), 'index': np.int64(-1),
                     'mask': np.float32(0)}
         spec = self.loader.spec
-        n = self.loader.num_frames(index)
+        record = self.loader.record(index)
+        n = int(record['num_frames'])
         clips = spec.num_clips if self.test else 1
         per_clip = [sampling.test_indices(n, spec.num_frames, c, clips)
                     for c in range(clips)]
-        frames, label = self.loader.load(index, np.concatenate(per_clip))
+        frames, label = self.loader.load(record, index,
+                                         np.concatenate(per_clip))
         h, w = frames.shape[1:3]
         if self.test and spec.num_crops == 3:
             boxes = transforms.three_crop_boxes(h, w, spec.image_size)

@@ -1,0 +1,162 @@
+"""Decode + augment throughput of the data pipeline, per worker (one core).
+
+Builds two small datasets with the real builders from generated raw files,
+240×320 and 48 frames per video (SSv2-like): `video_list` (JPEG frame
+folders → stored JPEG frames) and `something_something_v2/video` (VP9 webm
+kept compressed). Times the training transform (TSN sampling of T frames,
+decoding only those, multi-scale crop → 224, flip, ImageNet normalisation) in
+one thread, and, in the same run, a PIL per-frame loader equivalent to the
+official one (`Image.open(...).convert('RGB')`, `GroupScale`,
+`GroupMultiScaleCrop`, flip, `ToTorchFormatTensor` + `GroupNormalize`) on the
+same JPEG files. Prints one JSON line.
+
+  python benchmarks/bench_pipeline.py [--videos 16] [--frames 8] [--seconds 4]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import tempfile
+import time
+
+import av
+import ml_collections
+import numpy as np
+from PIL import Image
+
+from rsa_jax.data import pipeline, sampling, transforms
+from rsa_jax.data.decode import encode_jpeg
+
+H, W, SIZE, LENGTH = 240, 320, 224, 48
+
+
+def _natural_frames(rng: np.random.Generator, n: int) -> np.ndarray:
+    """Smooth, slowly moving textures with JPEG sizes like real video frames."""
+    base = rng.uniform(0, 255, (H // 8 + n, W // 8 + n, 3)).astype(np.uint8)
+    big = np.asarray(Image.fromarray(base).resize(
+        ((W // 8 + n) * 8, (H // 8 + n) * 8), Image.BICUBIC))
+    noise = rng.normal(0, 2, (n, H, W, 3))
+    frames = [big[t:t + H, 2 * t:2 * t + W] + noise[t] for t in range(n)]
+    return np.clip(np.stack(frames), 0, 255).astype(np.uint8)
+
+
+def _write_raw(root: str, videos: int) -> None:
+    rng = np.random.default_rng(0)
+    os.makedirs(os.path.join(root, 'ssv2', 'labels'))
+    os.makedirs(os.path.join(root, 'ssv2', '20bn-something-something-v2'))
+    rows, entries = [], []
+    for v in range(videos):
+        frames = _natural_frames(rng, LENGTH)
+        folder = os.path.join(root, 'list', f'v{v}')
+        os.makedirs(folder)
+        for t, frame in enumerate(frames):
+            with open(os.path.join(folder, f'img_{t + 1:05d}.jpg'), 'wb') as f:
+                f.write(encode_jpeg(frame))
+        rows.append(f'v{v} {LENGTH} {v % 2}\n')
+        path = os.path.join(root, 'ssv2', '20bn-something-something-v2', f'{v}.webm')
+        with av.open(path, 'w') as c:
+            s = c.add_stream('libvpx-vp9', rate=12,
+                             options={'deadline': 'realtime', 'cpu-used': '8',
+                                      'crf': '32', 'b': '0'})
+            s.width, s.height, s.pix_fmt = W, H, 'yuv420p'
+            for frame in frames:
+                for p in s.encode(av.VideoFrame.from_ndarray(frame, format='rgb24')):
+                    c.mux(p)
+            for p in s.encode():
+                c.mux(p)
+        entries.append({'id': str(v), 'template': ['Holding [something]',
+                        'Pushing [something]'][v % 2], 'label': 'x'})
+    with open(os.path.join(root, 'list', 'train.txt'), 'w') as f:
+        f.writelines(rows)
+    json.dump({'Holding something': '0', 'Pushing something': '1'},
+              open(os.path.join(root, 'ssv2', 'labels', 'labels.json'), 'w'))
+    for split in ('train', 'validation'):
+        json.dump(entries, open(os.path.join(root, 'ssv2', 'labels',
+                                             f'{split}.json'), 'w'))
+
+
+def _official_pil_clip(folder: str, num_frames: int, t_len: int,
+                       rng: np.random.Generator) -> np.ndarray:
+    """The official TSNDataSet.__getitem__ + train transforms, per frame in PIL."""
+    idx = sampling.train_indices(num_frames, t_len, rng) + 1
+    images = [Image.open(os.path.join(folder, f'img_{i:05d}.jpg')).convert('RGB')
+              for i in idx]
+    images = [im.resize((W, H), Image.BILINEAR) for im in images]  # GroupScale
+    pairs = transforms.crop_sizes(H, W, SIZE)
+    w, h = random.choice(pairs)
+    x, y = random.choice(transforms.fixed_offsets(H, W, w, h))
+    images = [im.crop((x, y, x + w, y + h)).resize((SIZE, SIZE), Image.BILINEAR)
+              for im in images]
+    if random.random() < 0.5:
+        images = [im.transpose(Image.FLIP_LEFT_RIGHT) for im in images]
+    # Stack(roll=False) + ToTorchFormatTensor(div=True) + GroupNormalize.
+    clip = np.stack([np.asarray(im) for im in images]).astype(np.float32) / 255.
+    return (clip - transforms.IMAGENET_MEAN) / transforms.IMAGENET_STD
+
+
+def _rate(fn, n_items: int, frames_per_item: int, seconds: float) -> float:
+    fn(0)  # warm up
+    done, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        fn(done % n_items)
+        done += 1
+    return done * frames_per_item / (time.perf_counter() - start)
+
+
+def _transform(name: str, config: str | None, root: str, manual: str,
+               t_len: int) -> tuple[pipeline.TrainTransform, int]:
+    cfg = ml_collections.ConfigDict(dict(
+        name=name, builder_config=config, data_dir=os.path.join(root, 'tfds'),
+        manual_dir=os.path.join(root, manual)))
+    builder = pipeline.prepare(cfg)
+    source = builder.as_data_source('train')
+    spec = pipeline.ClipSpec(num_frames=t_len, image_size=SIZE, height=H,
+                             width=W)
+    stored = sum(len(b) for b in source[0].get('frames', [])) or len(
+        source[0]['video'])
+    return pipeline.TrainTransform(pipeline.ClipLoader(source, spec)), stored
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument('--videos', type=int, default=16)
+    ap.add_argument('--frames', type=int, default=8)
+    ap.add_argument('--seconds', type=float, default=4.0)
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory() as root:
+        _write_raw(root, args.videos)
+        jpeg, jpeg_bytes = _transform('video_list', None, root, 'list', args.frames)
+        webm, webm_bytes = _transform('something_something_v2', 'video', root,
+                                      'ssv2', args.frames)
+        rng = np.random.default_rng(0)
+        random.seed(0)
+        t = args.frames
+        rates = {
+            'jpeg': _rate(lambda i: jpeg.random_map(i, rng), args.videos, t,
+                          args.seconds),
+            'webm': _rate(lambda i: webm.random_map(i, rng), args.videos, t,
+                          args.seconds),
+            'pil_official': _rate(lambda i: _official_pil_clip(
+                os.path.join(root, 'list', f'v{i}'), LENGTH, t, rng),
+                args.videos, t, args.seconds),
+        }
+    print(json.dumps({
+        'benchmark': 'data_pipeline_train_transform',
+        'unit': 'frames/s per worker (1 thread)',
+        'input': f'{H}x{W} -> {SIZE}, T={t} of {LENGTH}-frame videos',
+        'jpeg_fps': round(rates['jpeg'], 1),
+        'webm_fps': round(rates['webm'], 1),
+        'pil_official_fps': round(rates['pil_official'], 1),
+        'jpeg_vs_pil': round(rates['jpeg'] / rates['pil_official'], 2),
+        'webm_vs_pil': round(rates['webm'] / rates['pil_official'], 2),
+        'stored_bytes_per_video_jpeg': jpeg_bytes,
+        'stored_bytes_per_video_webm': webm_bytes,
+        'cpu_count': os.cpu_count(),
+    }))
+
+
+if __name__ == '__main__':
+    main()
