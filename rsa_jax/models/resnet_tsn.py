@@ -147,7 +147,8 @@ class Block(nn.Module):
             # One Bernoulli(p) per clip; the kept branch is scaled by 1/p (official).
             keep = jax.random.bernoulli(self.make_rng("drop_path"), self.survival,
                                         (y.shape[0],) + (1,) * (y.ndim - 1))
-            y = y * (keep.astype(y.dtype) / jnp.asarray(self.survival, y.dtype))
+            scale = 1.0 / self.survival if self.survival > 0 else 0.0
+            y = y * (keep.astype(y.dtype) * jnp.asarray(scale, y.dtype))
         if self.downsample:
             x = conv(out_ch, (1, 1, 1), (1, s, s), "downsample_conv")(x)
             x = self._bn("downsample_bn", train)(x)
