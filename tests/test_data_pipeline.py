@@ -225,6 +225,15 @@ def test_test_mode_views(data_dir):
         np.testing.assert_allclose(b['video'][1, 3 + k], want, rtol=1e-6)
 
 
+def test_uint8_output_is_the_unnormalised_clip(data_dir):
+    kw = dict(split='validation', mode='eval', global_batch_size=4)
+    f32 = next(data.create_iterator(dh.synthetic_cfg(data_dir), **kw))
+    u8 = next(data.create_iterator(
+        dh.synthetic_cfg(data_dir, uint8_output=True), **kw))
+    assert u8['video'].dtype == np.uint8
+    np.testing.assert_array_equal(transforms.normalize(u8['video']), f32['video'])
+
+
 def test_rejects_bad_arguments(data_dir):
     cfg = dh.synthetic_cfg(data_dir)
     with pytest.raises(ValueError, match='mode must be one of'):

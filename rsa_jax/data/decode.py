@@ -173,8 +173,8 @@ def decode_video_frames(data: bytes, indices: Sequence[int], height: int,
     got: dict[int, np.ndarray] = {}
     container = _open(data, name)
     with container:
+        # Single-threaded on purpose: parallelism comes from grain workers.
         stream = container.streams.video[0]
-        stream.thread_type = 'AUTO'
         frame_i = -1
         for frame_i, frame in enumerate(container.decode(stream)):
             if frame_i in wanted:
