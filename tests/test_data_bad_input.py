@@ -43,7 +43,7 @@ def test_skip_reports_every_bad_video(broken_ssv2, tmp_path):
     joined = '\n'.join(problems)
     assert f'{videos}/2.webm: cannot open video' in joined
     assert f'{videos}/3.webm: truncated' in joined
-    assert f'{videos}/4.webm: cannot open video' in joined
+    assert f'{videos}/4.webm: video file not found' in joined
     assert "label 'Juggling something' is not in labels.json" in joined
     assert "train.json: video 5" in joined
     assert builder.problems['validation'] == []

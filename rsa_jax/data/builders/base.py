@@ -66,6 +66,8 @@ class VideoConfig(tfds.core.BuilderConfig):
 def video_example(path: str, video_id: str, label: int | str, label_name: str,
                   cfg: VideoConfig) -> dict[str, Any]:
     """One example from a video file (webm, mp4, ...)."""
+    if not os.path.isfile(path):
+        raise BadInputError(path, 'video file not found')
     if cfg.storage == 'video':
         n = decode.count_video_frames(path)
         with open(path, 'rb') as f:
