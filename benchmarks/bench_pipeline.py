@@ -100,11 +100,11 @@ def _official_pil_clip(folder: str, num_frames: int, t_len: int,
 
 def _rates(fns: dict, n_items: int, frames_per_item: int, seconds: float,
            rounds: int = 5) -> tuple[dict, dict]:
-    """Frames per second of each fn: wall-clock and per CPU-second of the thread.
+    """Frames per second of each fn: wall clock and per CPU-second.
 
     The loaders run in interleaved rounds so that load from other processes
-    on a shared machine hits all of them alike; CPU time (`time.process_time`, all threads)
-    is what one fully available core would deliver.
+    on a shared machine hits all of them alike; CPU time (`time.process_time`,
+    all threads of this process) is what one free core would deliver.
     """
     done = {k: 0 for k in fns}
     wall = {k: 0.0 for k in fns}

@@ -61,7 +61,8 @@ def truncate(path: str, fraction: float = 0.5) -> None:
 SSV2_CLASSES = ['Pulling [something] from left to right',
                 'Pushing [something] from right to left',
                 'Holding [something]',
-                'Plugging [something] into [something] but pulling it right out as you remove it']
+                'Plugging [something] into [something] but pulling it right out '
+                'as you remove it']
 
 
 def write_ssv2(root: str, train: dict, validation: dict,

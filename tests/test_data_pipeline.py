@@ -234,6 +234,30 @@ def test_uint8_output_is_the_unnormalised_clip(data_dir):
     np.testing.assert_array_equal(transforms.normalize(u8['video']), f32['video'])
 
 
+def test_orbax_checkpoint_restores_iterator(data_dir, tmp_path):
+    import grain
+    import orbax.checkpoint as ocp
+    cfg = dh.synthetic_cfg(data_dir)
+    kw = dict(split='train', mode='train', global_batch_size=4, seed=3)
+    it = data.create_iterator(cfg, **kw)
+    next(it), next(it)
+    mgr = ocp.CheckpointManager(str(tmp_path / 'ckpt'))
+    mgr.save(2, args=ocp.args.Composite(data=grain.checkpoint.CheckpointSave(it)))
+    mgr.wait_until_finished()
+    want = next(it)
+    resumed = data.create_iterator(cfg, **kw)
+    mgr.restore(2, args=ocp.args.Composite(
+        data=grain.checkpoint.CheckpointRestore(resumed)))
+    np.testing.assert_array_equal(next(resumed)['video'], want['video'])
+
+
+def test_unbuilt_dataset_says_how_to_build(tmp_path):
+    cfg = dh.synthetic_cfg(str(tmp_path))
+    with pytest.raises(FileNotFoundError, match=r'is not built in .*prepare'):
+        data.create_iterator(cfg, split='train', mode='train',
+                             global_batch_size=2)
+
+
 def test_rejects_bad_arguments(data_dir):
     cfg = dh.synthetic_cfg(data_dir)
     with pytest.raises(ValueError, match='mode must be one of'):

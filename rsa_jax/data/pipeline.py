@@ -47,6 +47,16 @@ def _builder(data_cfg: Any, data_dir: str | None = None):
                         num_workers=data_cfg.get('build_workers', 1))
 
 
+def _prepared(data_cfg: Any, data_dir: str | None = None):
+    builder = _builder(data_cfg, data_dir)
+    if not builder.is_prepared():
+        raise FileNotFoundError(
+            f'dataset {builder.name}/{builder.builder_config.name} is not built '
+            f'in {builder.data_dir}; run rsa_jax.data.prepare(data_cfg) first '
+            '(raw files in data_cfg.manual_dir)')
+    return builder
+
+
 def prepare(data_cfg: Any, data_dir: str | None = None):
     """Builds the TFDS dataset unless it is already built; returns the builder.
 
@@ -62,12 +72,12 @@ def prepare(data_cfg: Any, data_dir: str | None = None):
 
 def num_examples(data_cfg: Any, split: str, data_dir: str | None = None) -> int:
     """Number of videos in `split` (TFDS split syntax such as 'train[:10%]' works)."""
-    return len(_builder(data_cfg, data_dir).as_data_source(split))
+    return len(_prepared(data_cfg, data_dir).as_data_source(split))
 
 
 def class_names(data_cfg: Any, data_dir: str | None = None) -> list[str]:
     """Class names indexed by label id."""
-    return list(_builder(data_cfg, data_dir).info.features['label'].names)
+    return list(_prepared(data_cfg, data_dir).info.features['label'].names)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -215,7 +225,7 @@ def create_iterator(data_cfg: Any, *, split: str, mode: str,
         raise ValueError(f'process_index {process_index} not in '
                          f'[0, {process_count})')
     batch = global_batch_size // process_count
-    builder = _builder(data_cfg, data_dir)
+    builder = _prepared(data_cfg, data_dir)
     source = builder.as_data_source(split)
     n = len(source)
     if n == 0:

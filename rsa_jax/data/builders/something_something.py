@@ -18,7 +18,7 @@ from rsa_jax.data.decode import BadInputError
 
 
 def template_to_name(template: str) -> str:
-    """SSv2 'template' text → class name: 'Putting [something] on [sth]' → 'Putting something on sth'."""
+    """SSv2 'template' → class name: 'Holding [something]' → 'Holding something'."""
     return template.replace('[', '').replace(']', '')
 
 
