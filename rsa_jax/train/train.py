@@ -1,0 +1,206 @@
+"""The training loop: ``train_and_evaluate(config, workdir)`` and ``evaluate_checkpoint``.
+
+Reads top to bottom: mesh → data → model + optax → state (fresh, pretrained or
+restored with its data iterator) → jitted steps → loop of train step, metrics,
+periodic evaluation and checkpoints. Only process 0 writes logs and summaries;
+all processes take part in checkpoints and evaluation.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+import orbax.checkpoint as ocp
+from absl import logging
+
+from rsa_jax import parallel
+from rsa_jax.data import pipeline
+from rsa_jax.models import build_model
+from rsa_jax.train import evaluate as eval_lib
+from rsa_jax.train import optim, step as step_lib
+from rsa_jax.train.checkpoint import Checkpointer, abstract_like
+from rsa_jax.train.writers import create_writer
+
+
+def _input_shape(config) -> tuple[int, ...]:
+    d = config.data
+    return (1, d.num_frames, d.image_size, d.image_size, 3)
+
+
+def load_pretrained(config, state: step_lib.TrainState, shardings) -> step_lib.TrainState:
+    """Overwrites matching variables with ``config.init_from`` (an orbax dir from
+    ``rsa_jax.convert.official_to_orbax`` or a previous run) or
+    ``config.torchvision_init`` (an ImageNet ResNet-50 ``.pth``)."""
+    if not (config.get("init_from") or config.get("torchvision_init")):
+        return state
+    from rsa_jax import convert  # needs torch only for torchvision files
+    fresh = {"params": jax.device_get(state.params),
+             "batch_stats": jax.device_get(state.batch_stats)}
+    if config.get("init_from"):
+        path = os.path.abspath(config.init_from)
+        pretrained = ocp.StandardCheckpointer().restore(path)
+        pretrained = {k: pretrained[k] for k in ("params", "batch_stats") if k in pretrained}
+        logging.info("Initialising from orbax checkpoint %s", path)
+    else:
+        pretrained = convert.torchvision_to_backbone(config.torchvision_init, config.model)
+        logging.info("Initialising backbone from torchvision file %s", config.torchvision_init)
+    merged = convert.merge_pretrained(fresh, pretrained)
+    return state.replace(params=jax.device_put(merged["params"], shardings.params),
+                         batch_stats=jax.device_put(merged["batch_stats"], shardings.batch_stats))
+
+
+def setup(config, mesh, steps_per_epoch: int):
+    """Model, optimiser, sharded state and jitted steps (shared by train and eval)."""
+    model = build_model(config.model)
+    tx = optim.create_optimizer(config, steps_per_epoch)
+    state, shardings = step_lib.create_train_state(
+        model, tx, jax.random.PRNGKey(config.seed), _input_shape(config), mesh,
+        [tuple(r) for r in config.get("partition_rules", ())], config.get("fsdp_min_size", 0))
+    train_fn, eval_fn = step_lib.compile_steps(
+        mesh, shardings, learning_rate_fn=optim.lr_schedule(config, steps_per_epoch),
+        label_smoothing=config.label_smoothing, grad_accum_steps=config.grad_accum_steps)
+    return state, shardings, train_fn, eval_fn
+
+
+def _save_config(config, workdir: str) -> None:
+    if parallel.is_main_process():
+        os.makedirs(workdir, exist_ok=True)
+        with open(os.path.join(workdir, "config.json"), "w") as f:
+            f.write(config.to_json_best_effort(indent=2))
+
+
+def _progress(step, num_steps, summary, clips_per_s, eta_s) -> str:
+    return (f"step {step}/{num_steps}  loss {summary['loss']:.4f}  "
+            f"acc {100 * summary['accuracy']:.1f}%  lr {summary['learning_rate']:.3g}  "
+            f"{clips_per_s:.1f} clips/s  ETA {eta_s / 60:.1f} min")
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
+    """Trains (resuming from ``workdir`` if it holds a checkpoint) and evaluates.
+
+    Returns:
+      the final validation metrics ({'top1', 'top5', ...}).
+    Raises:
+      FloatingPointError: when the training loss becomes NaN/inf; the last good
+        checkpoint is kept in ``<workdir>/checkpoints``.
+    """
+    _save_config(config, workdir)
+    mesh = parallel.create_mesh(config.get("mesh_shape"))
+    if parallel.is_main_process():
+        pipeline.prepare(config.data)
+    n_train = pipeline.num_examples(config.data, config.train_split)
+    steps_per_epoch = max(1, n_train // config.global_batch_size)
+    num_steps = config.num_train_steps if config.num_train_steps > 0 else int(
+        config.num_epochs * steps_per_epoch)
+    eval_every = max(1, int(config.eval_every_epochs * steps_per_epoch))
+    ckpt_every = config.checkpoint_every_steps or eval_every
+
+    state, shardings, train_fn, eval_fn = setup(config, mesh, steps_per_epoch)
+    train_iter = pipeline.create_iterator(
+        config.data, split=config.train_split, mode="train",
+        global_batch_size=config.global_batch_size, process_index=jax.process_index(),
+        process_count=jax.process_count(), seed=config.seed)
+    ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), keep=config.keep_checkpoints)
+    start = ckpt.latest_step()
+    if start is not None:
+        state, train_iter = ckpt.restore(start, abstract_like(state, shardings), train_iter)
+        logging.info("Resumed from %s/%d", ckpt.directory, start)
+    else:
+        start = 0
+        state = load_pretrained(config, state, shardings)
+    writer = create_writer(workdir)
+    if start == 0:
+        writer.write_hparams({k: v for k, v in config.to_dict().items()
+                              if isinstance(v, (int, float, str, bool))})
+    logging.info("%d train videos, %d steps/epoch, %d steps of %d clips", n_train,
+                 steps_per_epoch, num_steps, config.global_batch_size)
+
+    acc, last, eval_metrics = None, None, {}
+    t0, t_step = time.time(), start
+    for step in range(start + 1, num_steps + 1):
+        batch = parallel.shard_batch(next(train_iter), mesh)
+        state, last = train_fn(state, batch)
+        acc = last if acc is None else acc.merge(last)
+        is_last = step == num_steps
+        if step % config.log_every_steps == 0 or is_last:
+            summary = {k: float(v) for k, v in acc.compute().items()}
+            _check_finite(summary["loss"], step, ckpt)
+            dt = time.time() - t0
+            rate = (step - t_step) * config.global_batch_size / dt
+            eta = (num_steps - step) * dt / (step - t_step)
+            writer.write_scalars(step, {f"train/{k}": v for k, v in summary.items()}
+                                 | {"train/clips_per_s": rate})
+            if parallel.is_main_process():
+                print(_progress(step, num_steps, summary, rate, eta), flush=True)
+            acc, t0, t_step = None, time.time(), step
+        if step % eval_every == 0 or is_last:
+            eval_metrics, scores = eval_lib.evaluate(
+                eval_fn, state, config.data, mesh, split=config.eval_split, mode="eval",
+                global_batch_size=config.eval_batch_size)
+            writer.write_scalars(step, {f"eval/{k}": v for k, v in eval_metrics.items()})
+            if parallel.is_main_process():
+                print(f"step {step}: {config.eval_split} top1 {eval_metrics['top1']:.2f}% "
+                      f"top5 {eval_metrics['top5']:.2f}%", flush=True)
+            if is_last:
+                eval_lib.write_scores(eval_lib.scores_path(workdir, config.eval_split), scores,
+                                      num_frames=config.data.num_frames)
+        if step % ckpt_every == 0 or is_last:
+            _check_finite(float(last.compute()["loss"]), step, ckpt)
+            ckpt.save(step, state, train_iter,
+                      metrics=eval_metrics if step % eval_every == 0 or is_last else None)
+    ckpt.close()
+    writer.flush()
+    writer.close()
+    return eval_metrics
+
+
+def _check_finite(loss: float, step: int, ckpt: Checkpointer) -> None:
+    if not np.isfinite(loss):
+        ckpt.wait()
+        raise FloatingPointError(
+            f"non-finite training loss {loss} at step {step}; stopped without saving. The "
+            f"last good checkpoint is step {ckpt.latest_step()} in {ckpt.directory} (a rerun "
+            "resumes from it). Try a lower --config.learning_rate or --config.model.dtype=float32.")
+
+
+def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str, mode: str = "eval"
+                        ) -> dict[str, float]:
+    """Evaluates the best (else latest) checkpoint in ``workdir``, or
+    ``config.init_from`` if the workdir has none, on ``config.eval_split``.
+
+    ``mode='eval'``: 1 centre clip × 1 centre crop; ``'test'``: multi-view.
+    Writes ``<workdir>/eval/<split>_scores.npz`` (test: ``<split>_test_scores.npz``).
+    """
+    mesh = parallel.create_mesh(config.get("mesh_shape"))
+    if parallel.is_main_process():
+        pipeline.prepare(config.data)
+    state, shardings, _, eval_fn = setup(config, mesh, steps_per_epoch=1)
+    ckpt_dir = os.path.join(workdir, "checkpoints")
+    ckpt = Checkpointer(ckpt_dir, read_only=True) if os.path.isdir(ckpt_dir) else None
+    step = ckpt and (ckpt.best_step() or ckpt.latest_step())
+    if step:
+        state, _ = ckpt.restore(step, abstract_like(state, shardings))
+        logging.info("Evaluating %s/%d", ckpt.directory, step)
+    elif config.get("init_from"):
+        state = load_pretrained(config, state, shardings)
+    else:
+        raise FileNotFoundError(f"no checkpoint in {ckpt_dir} and no --config.init_from "
+                                "given: nothing to evaluate")
+    batch = config.eval_batch_size if mode == "eval" else config.test_batch_size
+    metrics, scores = eval_lib.evaluate(eval_fn, state, config.data, mesh,
+                                        split=config.eval_split, mode=mode,
+                                        global_batch_size=batch)
+    split_name = config.eval_split + ("_test" if mode == "test" else "")
+    path = eval_lib.scores_path(workdir, split_name)
+    views = 1 if mode == "eval" else config.data.test_num_clips * config.data.test_num_crops
+    eval_lib.write_scores(path, scores, num_frames=config.data.num_frames, views=views)
+    if parallel.is_main_process():
+        print(json.dumps({"split": config.eval_split, "mode": mode, "views": views,
+                          **metrics, "scores": path}), flush=True)
+    return metrics
