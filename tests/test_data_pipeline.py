@@ -88,8 +88,9 @@ def test_flip_exempt_classes_from_label_text():
              'Pulling something from right to left', 'Holding something',
              'Turning the camera left while filming something',
              'Turning the camera right while filming something',
-             'Pushing something from left to right', 'Showing a bright light']
-    assert transforms.flip_exempt_classes(names) == {1, 2, 4, 5, 6}
+             'Pushing something from left to right', 'Showing a bright light',
+             'Putting something upright on the table', 'Left turn', 'RIGHT']
+    assert transforms.flip_exempt_classes(names) == {1, 2, 4, 5, 6, 9, 10}
 
 
 def test_normalize_and_flip():

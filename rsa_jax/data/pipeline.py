@@ -114,7 +114,9 @@ class ClipLoader:
     def load(self, record: dict, index: int,
              indices: np.ndarray) -> tuple[np.ndarray, int]:
         """uint8 frames `(len(indices), H, W, 3)` of a record, and its label."""
-        name = f'record {index} ({record["video_id"]})'
+        vid = record['video_id']
+        vid = vid.decode() if isinstance(vid, bytes) else vid
+        name = f'record {index} (video {vid})'
         if 'frames' in record:
             frames = decode.decode_frames(record['frames'], indices, name)
         else:
