@@ -123,6 +123,59 @@ def avg_pool_stride2(y: jax.Array) -> jax.Array:
     return s / jnp.asarray(9, y.dtype)
 
 
+def _conv3d_native(x, w, precision, groups=1):
+    """Zero-padded 'same' 3-D cross-correlation, (B,T,H,W,C) * (kT,kH,kW,I,O)."""
+    pad = [(k // 2, k // 2) for k in w.shape[:3]]
+    return lax.conv_general_dilated(
+        x, w, (1, 1, 1), pad, dimension_numbers=("NTHWC", "THWIO", "NTHWC"),
+        feature_group_count=groups, precision=precision)
+
+
+def _temporal_taps(x: jax.Array, kt: int) -> jax.Array:
+    """(N, T, H, W) -> (N·T, H, W, kT): the kT zero-padded temporal neighbours."""
+    n, t, h, w = x.shape
+    xp = jnp.pad(x, ((0, 0), (kt // 2, kt // 2), (0, 0), (0, 0)))
+    return jnp.stack([xp[:, a:a + t] for a in range(kt)], axis=-1).reshape(n * t, h, w, kt)
+
+
+def _conv2d_taps(taps, w, precision):
+    """taps (N·T, H, W, kT) * w (kT, kH, kW, F) -> (N·T, H, W, F)."""
+    kh, kw = w.shape[1:3]
+    return lax.conv_general_dilated(
+        taps, jnp.transpose(w, (1, 2, 0, 3)), (1, 1), [(kh // 2,) * 2, (kw // 2,) * 2],
+        dimension_numbers=("NHWC", "HWIO", "NHWC"), precision=precision)
+
+
+def _shared_conv(v, bank, precision, native):
+    """Applies one single-channel filter bank to every channel of v.
+
+    v (B,T,H,W,C), bank (kT,kH,kW,1,F) -> (B,T,H,W,C,F).  Channels move into the
+    batch so that a single ungrouped convolution serves them all.
+    """
+    b, t, h, w, c = v.shape
+    vb = jnp.moveaxis(v, -1, 1).reshape(b * c, t, h, w)
+    if native:
+        out = _conv3d_native(vb[..., None], bank, precision)
+    else:
+        out = _conv2d_taps(_temporal_taps(vb, bank.shape[0]), bank[:, :, :, 0], precision)
+    return jnp.moveaxis(out.reshape(b, c, t, h, w, -1), 1, 4)
+
+
+def _grouped_conv_taps(k, h1, groups, precision):
+    """Grouped conv H1 (groups = dk, dd filters each) as one 2-D conv per group.
+
+    k (B,T,H,W,dk), h1 (kT,kH,kW,1,dk·dd) -> (B,T,H,W,dk,dd).  A Python loop of
+    dense convolutions: XLA:CPU's grouped-convolution gradient is ~30x slower.
+    """
+    b, t, h, w, dk = k.shape
+    dd = h1.shape[-1] // groups
+    outs = []
+    for j in range(groups):
+        taps = _temporal_taps(k[..., j], h1.shape[0])
+        outs.append(_conv2d_taps(taps, h1[:, :, :, 0, j * dd:(j + 1) * dd], precision))
+    return jnp.stack(outs, axis=-2).reshape(b, t, h, w, dk, dd)
+
+
 def _fan_out_normal():
     # Official ResNet re-initialises every Conv3d: kaiming_normal_(fan_out, relu).
     return nn.initializers.variance_scaling(2.0, "fan_out", "normal")
@@ -145,6 +198,10 @@ class RSA(nn.Module):
       kernel_type: 'V' (basic), 'R' (relational) or 'VplusR'.
       context_type: 'V' (basic), 'R' (relational) or 'VplusR'.
       implementation: 'conv' (factorised) or 'patches' (explicit windows).
+      conv_strategy: how 'conv' evaluates its 3-D convolutions: 'native'
+        (lax 3-D convolution), 'taps2d' (temporal taps folded into channels of a
+        2-D convolution; XLA:CPU's 3-D and grouped convolutions are an order of
+        magnitude slower), or 'auto' = taps2d on CPU, native elsewhere.
       dtype: compute dtype (None = input dtype); param_dtype: parameter dtype.
       precision: matmul/conv precision (use 'highest' for fixture parity on TPU/GPU).
     """
@@ -159,6 +216,7 @@ class RSA(nn.Module):
     kernel_type: KernelType = "VplusR"
     context_type: KernelType = "VplusR"
     implementation: Literal["conv", "patches"] = "conv"
+    conv_strategy: Literal["auto", "native", "taps2d"] = "auto"
     dtype: Any = None
     param_dtype: Any = jnp.float32
     precision: Any = None
@@ -212,30 +270,26 @@ class RSA(nn.Module):
             y = avg_pool_stride2(y)
         return y
 
-    def _conv3d(self, x, w, groups=1):
-        pad = [(k // 2, k // 2) for k in w.shape[:3]]
-        return lax.conv_general_dilated(
-            x, w, (1, 1, 1), pad, dimension_numbers=("NTHWC", "THWIO", "NTHWC"),
-            feature_group_count=groups, precision=self.precision)
-
     def _conv_form(self, q, k, v, p1, lam, h1, h2, g, d, ks):
-        """Factorised evaluation (official §1.4): convs + latent einsums."""
-        b, t, h, w, _ = v.shape
-        prec = self.precision
-        # Latent kernel κ̃ (nh × dd).
+        """Factorised evaluation (official §1.4): convs + latent contractions."""
+        native = self.conv_strategy == "native" or (
+            self.conv_strategy == "auto" and jax.default_backend() != "cpu")
+        # Latent kernel κ̃ = q̂ᵀ(P + R), (nh × dd) per position.
         if self.kernel_type == "V":
             kern = q
         else:
-            r = self._conv3d(k, h1, groups=d.dk).reshape(b, t, h, w, d.dk, d.dd)
+            if native:
+                r = _conv3d_native(k, h1, self.precision, groups=d.dk)
+                r = r.reshape(r.shape[:-1] + (d.dk, d.dd))
+            else:
+                r = _grouped_conv_taps(k, h1, d.dk, self.precision)
             if p1 is not None:
                 r = r + p1
-            kern = jnp.einsum("bthwnj,bthwjd->bthwnd", q, r, precision=prec)
-        # Every value channel filtered by the shared banks H2 (dd) and G (dv), fused
-        # into one single-channel convolution over a (B·dv)-sized batch.
+            kern = jnp.einsum("...nj,...jd->...nd", q, r, precision=self.precision)
+        # Every value channel is filtered by the shared single-channel banks H2 (dd
+        # filters, Â) and G (dv filters, Ĝ): one fused convolution.
         bank = h2 if g is None else jnp.concatenate([h2, g], axis=-1)
-        vb = jnp.moveaxis(v, -1, 1).reshape(b * d.dv, t, h, w, 1)
-        ab = self._conv3d(vb, bank).reshape(b, d.dv, t, h, w, -1)
-        ab = jnp.moveaxis(ab, 1, 4)  # (B, T, H, W, c, dd [+ dv])
+        ab = _shared_conv(v, bank, self.precision, native)  # (..., c, dd [+ dv])
         a_hat = ab[..., :d.dd]  # Â[c, d]
         if g is None:
             f = jnp.swapaxes(a_hat, -1, -2)  # F[d, e] = Â[e, d]
@@ -243,8 +297,8 @@ class RSA(nn.Module):
             g_hat = ab[..., d.dd:]  # Ĝ[c, e]
             if lam is not None:
                 g_hat = g_hat + lam  # I indexes [c, e]: no transpose
-            f = jnp.einsum("bthwce,bthwcd->bthwde", g_hat, a_hat, precision=prec)
-        return jnp.einsum("bthwnd,bthwde->bthwen", kern, f, precision=prec)
+            f = jnp.einsum("...ce,...cd->...de", g_hat, a_hat, precision=self.precision)
+        return jnp.einsum("...nd,...de->...en", kern, f, precision=self.precision)
 
     def _patch_form(self, q, k, v, p1, lam, h1, h2, g, d, ks):
         """Explicit M-dim kernels and M-row contexts (paper §1.2-1.3)."""

@@ -1,0 +1,95 @@
+"""Times the RSA layer at the paper's layer-1 shape; prints one JSON line.
+
+Forward and forward+backward (input and parameter gradients) medians for both
+implementations, plus peak memory: XLA's compiled memory analysis (temp +
+arguments + outputs) on every backend, and the device allocator's peak where
+the backend reports one (GPU/TPU).
+
+    python benchmarks/bench_rsa_layer.py [--shape 1,8,56,56,64] [--repeats 10]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from rsa_jax.layers import RSA
+
+
+def _median_time(fn, args, repeats: int) -> float:
+    jax.block_until_ready(fn(*args))  # compile + warm up
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        jax.block_until_ready(fn(*args))
+        times.append(time.perf_counter() - t0)
+    return float(np.median(times))
+
+
+def _compiled_bytes(fn, args) -> int:
+    mem = fn.lower(*args).compile().memory_analysis()
+    if mem is None:
+        return -1
+    return int(mem.temp_size_in_bytes + mem.argument_size_in_bytes
+               + mem.output_size_in_bytes - mem.alias_size_in_bytes)
+
+
+def bench(shape, kernel_size, repeats, dtype) -> dict:
+    b, t, h, w, c = shape
+    x = jax.random.normal(jax.random.key(0), shape, dtype)
+    out = {}
+    for impl in ("conv", "patches"):
+        model = RSA(features=c, num_heads=8, kernel_size=kernel_size, implementation=impl,
+                    dtype=dtype)
+        params = model.init(jax.random.key(1), x)["params"]
+        fwd = jax.jit(lambda p, x: model.apply({"params": p}, x))
+
+        def loss(p, x):
+            y = model.apply({"params": p}, x)
+            return jnp.sum(y.astype(jnp.float32) ** 2)
+
+        fwd_bwd = jax.jit(jax.grad(loss, argnums=(0, 1)))
+        out[impl] = {
+            "fwd_s": _median_time(fwd, (params, x), repeats),
+            "fwd_bwd_s": _median_time(fwd_bwd, (params, x), repeats),
+            "fwd_bwd_compiled_bytes": _compiled_bytes(fwd_bwd, (params, x)),
+        }
+        stats = jax.devices()[0].memory_stats() or {}
+        if "peak_bytes_in_use" in stats:
+            out[impl]["device_peak_bytes"] = int(stats["peak_bytes_in_use"])
+    return out
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--shape", default="1,8,56,56,64")
+    ap.add_argument("--kernel", default="5,7,7")
+    ap.add_argument("--repeats", type=int, default=10)
+    ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    args = ap.parse_args()
+    shape = tuple(int(s) for s in args.shape.split(","))
+    ks = tuple(int(s) for s in args.kernel.split(","))
+    res = bench(shape, ks, args.repeats, jnp.dtype(args.dtype))
+    official = {"fwd_s": 0.238, "fwd_bwd_s": 0.770}  # official PyTorch layer, 2 CPU threads
+    best = min(res, key=lambda k: res[k]["fwd_bwd_s"])
+    line = {
+        "bench": "rsa_layer", "shape": shape, "kernel_size": ks, "dtype": args.dtype,
+        "device": str(jax.devices()[0].device_kind), "backend": jax.default_backend(),
+        "cpu": platform.processor() or platform.machine(), "jax": jax.__version__,
+        **{f"{impl}_{k}": v for impl, r in res.items() for k, v in r.items()},
+        "fastest": best,
+    }
+    if jax.default_backend() == "cpu":
+        line["official_cpu_fwd_bwd_s"] = official["fwd_bwd_s"]
+        line["ratio_fastest_vs_official_fwd_bwd"] = res[best]["fwd_bwd_s"] / official["fwd_bwd_s"]
+    print(json.dumps(line))
+
+
+if __name__ == "__main__":
+    main()
