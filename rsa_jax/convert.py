@@ -346,8 +346,10 @@ def read_state_dict(path: str, trust_pickle: bool = False) -> tuple[dict, dict]:
 def _solve_rsa_heads(sd: Mapping[str, np.ndarray], rsa_blocks: list[str],
                      planes: Mapping[str, int], base: dict) -> dict:
     """Finds num_heads (and explicit dims if needed) matching every RSA layer."""
+    # Sizes come from the first RSA layer; the strict key check that follows then
+    # reports any other layer that disagrees, key by key.
     def fits(cfg):
-        for blk in rsa_blocks:
+        for blk in rsa_blocks[:1]:
             prefix = f"{blk}.conv2."
             found = {k[len(prefix):]: tuple(v.shape) for k, v in sd.items()
                      if k.startswith(prefix)}

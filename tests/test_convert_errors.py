@@ -1,0 +1,199 @@
+"""Converter strictness and file handling, on a tiny official-layout model.
+
+The state dicts here come from a width-8 RSA-R50 (the official key layout at a
+fraction of the size), saved with torch exactly as the official `main.py` does.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections import OrderedDict
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+
+from rsa_jax import convert  # noqa: E402
+from rsa_jax.convert import (CheckpointError, infer_model_config,  # noqa: E402
+                             load_official_checkpoint, merge_pretrained,
+                             state_dict_to_variables, variables_to_state_dict)
+from rsa_jax.models import build_model  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = dict(depth=50, width=16, num_classes=7, backbone="rsa",
+            rsa_positions=[[1], [1, 3], [2], [1]],
+            rsa=dict(num_heads=4, kernel_size=[3, 5, 5], kernel_type="VplusR",
+                     context_type="VplusR"))
+
+
+def random_variables(cfg, seed=0):
+    model = build_model(cfg)  # structure only (no compile): eval_shape
+    v = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(seed),
+                                          jnp.zeros((1, 1, 32, 32, 3)), train=False))
+    leaves, tree = jax.tree_util.tree_flatten(v)
+    rng = np.random.default_rng(seed)
+    leaves = [rng.uniform(0.5, 1.5, a.shape).astype(np.float32) for a in leaves]
+    return model, jax.tree_util.tree_unflatten(tree, leaves)
+
+
+def official_dict(model, variables) -> OrderedDict:
+    sd = OrderedDict()
+    for k, v in variables_to_state_dict(variables, model).items():
+        sd["module." + k] = torch.from_numpy(v)
+        if k.endswith("running_var"):
+            sd["module." + k[:-len("running_var")] + "num_batches_tracked"] = torch.tensor(0)
+    return sd
+
+
+def save(path, sd, wrap=True):
+    torch.save({"epoch": 3, "arch": "ResNet", "state_dict": sd, "best_prec1": 1.5}
+               if wrap else sd, path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    model, variables = random_variables(TINY)
+    return model, variables, official_dict(model, variables)
+
+
+def assert_trees_equal(a, b):
+    fa, fb = convert._flatten(a), convert._flatten(b)
+    assert set(fa) == set(fb)
+    for k in fa:
+        np.testing.assert_array_equal(np.asarray(fa[k]), np.asarray(fb[k]), err_msg=str(k))
+
+
+def test_round_trip_and_inference(tiny, tmp_path):
+    model, variables, sd = tiny
+    cfg = infer_model_config({k: v.numpy() for k, v in sd.items()})
+    assert (cfg["depth"], cfg["width"], cfg["num_classes"]) == (50, 16, 7)
+    assert cfg["rsa_positions"] == [[1], [1, 3], [2], [1]]
+    assert cfg["rsa"]["num_heads"] == 4 and cfg["rsa"]["kernel_size"] == [3, 5, 5]
+    assert cfg["rsa"]["key_dim"] is None  # default sizes recognised
+    m2, v2 = load_official_checkpoint(save(tmp_path / "c.pth.tar", sd), num_segments=2)
+    assert m2.block_specs() == model.block_specs()
+    assert_trees_equal(v2, variables)
+
+
+@pytest.mark.parametrize("kt,ct", [("R", "R"), ("V", "V"), ("VplusR", "V")])
+def test_inference_of_rsa_types(kt, ct):
+    cfg = dict(TINY, rsa=dict(num_heads=2, kernel_size=[1, 3, 3], kernel_type=kt,
+                              context_type=ct))
+    model, variables = random_variables(cfg)
+    sd = variables_to_state_dict(variables, model)
+    got = infer_model_config(sd)["rsa"]
+    assert (got["kernel_type"], got["context_type"], got["num_heads"]) == (kt, ct, 2)
+    assert_trees_equal(state_dict_to_variables(sd, build_model(infer_model_config(sd))),
+                       variables)
+
+
+def test_legacy_module_names(tiny):
+    model, variables, sd = tiny
+    legacy = OrderedDict()
+    for k, v in sd.items():
+        for new, old in (("H1.", "E_conv."), ("H2.", "E_feat."), ("G.", "E_feat_2.")):
+            k = k.replace(f".conv2.{new}", f".conv2.{old}")
+        legacy[k] = v
+    assert any("E_feat_2" in k for k in legacy)
+    assert_trees_equal(state_dict_to_variables(legacy, model), variables)
+
+
+def _mutated(sd, drop=(), add=None, reshape=None):
+    out = OrderedDict((k, v) for k, v in sd.items() if k not in drop)
+    if add:
+        out.update(add)
+    if reshape:
+        out[reshape] = torch.zeros(tuple(out[reshape].shape) + (1,))
+    return out
+
+
+@pytest.mark.parametrize("case,pattern", [
+    ("missing", r"1 missing: base_model\.layer2\.1\.conv2\.P1"),
+    ("unexpected", r"1 unexpected: base_model\.layer1\.0\.extra\.weight"),
+    ("misshaped", r"1 mis-shaped: base_model\.layer3\.0\.bn2\.running_var: \(64, 1\)"),
+])
+def test_strict_key_errors(tiny, case, pattern):
+    model, _, sd = tiny
+    bad = {"missing": lambda: _mutated(sd, drop={"module.base_model.layer2.1.conv2.P1"}),
+           "unexpected": lambda: _mutated(
+               sd, add={"module.base_model.layer1.0.extra.weight": torch.zeros(3)}),
+           "misshaped": lambda: _mutated(
+               sd, reshape="module.base_model.layer3.0.bn2.running_var")}[case]()
+    with pytest.raises(CheckpointError, match=pattern) as err:
+        state_dict_to_variables(bad, model)
+    assert "nothing was loaded" in str(err.value)
+
+
+def test_missing_block_is_reported_when_loading_from_file(tiny, tmp_path):
+    _, _, sd = tiny
+    bad = _mutated(sd, drop={k for k in sd if ".layer3.0.conv1." in k})
+    with pytest.raises(CheckpointError, match=r"missing: base_model\.layer3\.0\.conv1\.weight"):
+        load_official_checkpoint(save(tmp_path / "bad.pth.tar", bad))
+
+
+def test_truncated_file(tiny, tmp_path):
+    _, _, sd = tiny
+    path = save(tmp_path / "full.pth.tar", sd)
+    data = path.read_bytes()
+    cut = tmp_path / "cut.pth.tar"
+    cut.write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match="not a readable PyTorch checkpoint"):
+        load_official_checkpoint(cut)
+
+
+@pytest.mark.parametrize("content", ["text", "list", "empty_file", "no_model"])
+def test_not_a_checkpoint(tmp_path, content):
+    path = tmp_path / "x.pth.tar"
+    if content == "text":
+        path.write_text("epoch,loss\n1,2.3\n")
+    elif content == "empty_file":
+        path.write_bytes(b"")
+    elif content == "list":
+        torch.save([torch.zeros(2)], path)
+    else:
+        torch.save({"state_dict": {"encoder.weight": torch.zeros(2)}}, path)
+    with pytest.raises(CheckpointError):
+        load_official_checkpoint(path)
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(FileNotFoundError):
+        load_official_checkpoint(tmp_path / "nope.pth.tar")
+
+
+def test_cli_reports_errors(tiny, tmp_path):
+    _, _, sd = tiny
+    bad = save(tmp_path / "bad.pth.tar",
+               _mutated(sd, drop={"module.base_model.layer4.1.conv2.I"}))
+    proc = subprocess.run([sys.executable, "-m", "rsa_jax.convert", "official", str(bad),
+                           str(tmp_path / "out")], cwd=REPO, capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert "layer4.1.conv2" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "out").exists()  # nothing partially written
+
+
+def test_npz_state_dict_without_torch(tiny, tmp_path):
+    model, variables, sd = tiny
+    np.savez(tmp_path / "sd.npz", **{k: v.numpy() for k, v in sd.items()})
+    _, v2 = load_official_checkpoint(tmp_path / "sd.npz")
+    assert_trees_equal(v2, variables)
+
+
+def test_merge_pretrained_rejects_mismatch(tiny):
+    model, variables, _ = tiny
+    fresh = {"params": {"a": jnp.zeros(3), "b": {"c": jnp.ones((2, 2))}}}
+    merged = merge_pretrained(fresh, {"params": {"b": {"c": np.full((2, 2), 5.0)}}})
+    np.testing.assert_array_equal(merged["params"]["b"]["c"], 5.0)
+    np.testing.assert_array_equal(merged["params"]["a"], 0.0)
+    with pytest.raises(CheckpointError, match="mis-shaped"):
+        merge_pretrained(fresh, {"params": {"a": np.zeros(4)}})
+    with pytest.raises(CheckpointError, match="unknown"):
+        merge_pretrained(fresh, {"params": {"z": np.zeros(4)}})

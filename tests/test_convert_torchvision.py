@@ -1,0 +1,135 @@
+"""torchvision ImageNet ResNet state dict -> inflated backbone (rsa-method.md §3.4)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections import OrderedDict
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import orbax.checkpoint as ocp  # noqa: E402
+
+from rsa_jax import convert  # noqa: E402
+from rsa_jax.convert import (CheckpointError, backbone_to_torchvision,  # noqa: E402
+                             merge_pretrained, torchvision_to_backbone,
+                             variables_to_state_dict)
+from rsa_jax.models import build_model  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+RSA_BLOCKS = ("layer1_2", "layer2_1", "layer2_3", "layer3_1", "layer3_3", "layer3_5",
+              "layer4_1")
+
+
+def torchvision_state_dict(depth=50, seed=0, counters=True) -> "OrderedDict":
+    """A file in torchvision's resnet{depth} layout, with random values."""
+    model = build_model({"depth": depth, "backbone": "tsn2d", "num_classes": 1000})
+    abstract = jax.eval_shape(lambda: model.init(
+        jax.random.PRNGKey(0), jnp.zeros((1, 1, 32, 32, 3)), train=False))
+    rng = np.random.default_rng(seed)
+    zeros = jax.tree_util.tree_map(lambda a: np.zeros(a.shape, np.float32), abstract)
+    sd = OrderedDict()
+    for k, v in variables_to_state_dict(zeros, model).items():
+        v = rng.standard_normal(v.shape).astype(np.float32)
+        if k.startswith("new_fc."):
+            sd["fc." + k.split(".")[1]] = torch.from_numpy(v.reshape(v.shape[:2]))
+            continue
+        k = k[len("base_model."):]
+        sd[k] = torch.from_numpy(v[:, :, 0] if v.ndim == 5 else v)
+        if counters and k.endswith("running_var"):
+            sd[k[:-len("running_var")] + "num_batches_tracked"] = torch.tensor(7)
+    return sd
+
+
+def fresh(cfg):
+    model = build_model(cfg)
+    abstract = jax.eval_shape(lambda: model.init(
+        jax.random.PRNGKey(0), jnp.zeros((1, 1, 32, 32, 3)), train=False))
+    return jax.tree_util.tree_map(lambda a: jnp.full(a.shape, -7.0, a.dtype), abstract)
+
+
+@pytest.fixture(scope="module")
+def tv_file(tmp_path_factory):
+    sd = torchvision_state_dict()
+    path = tmp_path_factory.mktemp("tv") / "resnet50.pth"
+    torch.save(sd, path)
+    return path, {k: v.numpy() for k, v in sd.items()}
+
+
+def test_rsa_backbone_round_trip(tv_file):
+    path, sd = tv_file
+    cfg = {"depth": 50, "backbone": "rsa", "num_classes": 174}
+    pre = torchvision_to_backbone(path, cfg)
+    assert not set(RSA_BLOCKS) & set(pre["params"])  # whole RSA bottlenecks skipped
+    assert "new_fc" not in pre["params"]
+    merged = merge_pretrained(fresh(cfg), pre)
+    # Inflation: (O, I, kh, kw) -> (1, kh, kw, I, O).
+    np.testing.assert_array_equal(merged["params"]["layer1_0"]["conv2"]["kernel"][0],
+                                  sd["layer1.0.conv2.weight"].transpose(2, 3, 1, 0))
+    np.testing.assert_array_equal(merged["batch_stats"]["layer2_0"]["downsample_bn"]["var"],
+                                  sd["layer2.0.downsample.1.running_var"])
+    for blk in RSA_BLOCKS:  # fresh init kept (here: the sentinel -7)
+        assert all(np.all(np.asarray(a) == -7.0) for a in
+                   jax.tree_util.tree_leaves(merged["params"][blk]))
+    back = backbone_to_torchvision(merged, cfg)
+    rsa_keys = {b.replace("_", ".") for b in RSA_BLOCKS}
+    expected = {k: v for k, v in sd.items() if not k.startswith("fc.")
+                and not k.endswith("num_batches_tracked")
+                and ".".join(k.split(".")[:2]) not in rsa_keys}
+    assert set(back) == set(expected)
+    for k, v in expected.items():
+        np.testing.assert_array_equal(back[k], v, err_msg=k)
+
+
+def test_tsn2d_full_round_trip_and_tsn3d_inflation(tv_file):
+    path, sd = tv_file
+    back = backbone_to_torchvision(
+        merge_pretrained(fresh({"backbone": "tsn2d"}),
+                         torchvision_to_backbone(path, {"backbone": "tsn2d"})),
+        {"backbone": "tsn2d"})
+    assert set(back) == {k for k in sd if not k.startswith("fc.")
+                         and not k.endswith("num_batches_tracked")}
+    pre3 = torchvision_to_backbone(path, {"backbone": "tsn3d"})
+    k3 = np.asarray(pre3["params"]["layer3_2"]["conv2"]["kernel"])  # (3,3,3,I,O)
+    assert k3.shape[0] == 3
+    np.testing.assert_allclose(k3.sum(0), sd["layer3.2.conv2.weight"].transpose(2, 3, 1, 0),
+                               rtol=1e-6)
+
+
+def test_strict_errors(tv_file, tmp_path):
+    _, sd = tv_file
+    bad = dict(sd)
+    del bad["layer4.2.bn3.weight"]
+    bad["layer5.0.conv1.weight"] = np.zeros((3, 3, 1, 1), np.float32)
+    bad["conv1.weight"] = np.zeros((64, 3, 5, 5), np.float32)
+    with pytest.raises(CheckpointError) as err:
+        torchvision_to_backbone(bad, {"depth": 50})
+    msg = str(err.value)
+    assert "missing: layer4.2.bn3.weight" in msg and "unexpected: layer5.0.conv1.weight" in msg
+    assert "conv1.weight: (64, 3, 5, 5) (expected (64, 3, 7, 7))" in msg
+    with pytest.raises(CheckpointError, match="missing"):  # a ResNet-50 file for depth 101
+        torchvision_to_backbone(sd, {"depth": 101})
+    junk = tmp_path / "junk.pth"
+    junk.write_bytes(b"\x80\x04not really a pickle")
+    with pytest.raises(CheckpointError, match="not a readable"):
+        torchvision_to_backbone(junk, {"depth": 50})
+
+
+def test_cli_torchvision(tv_file, tmp_path):
+    path, sd = tv_file
+    out = tmp_path / "tv_orbax"
+    proc = subprocess.run([sys.executable, "-m", "rsa_jax.convert", "torchvision", str(path),
+                           str(out)], cwd=REPO, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    restored = ocp.StandardCheckpointer().restore(out)
+    np.testing.assert_array_equal(restored["params"]["conv1"]["kernel"][0],
+                                  sd["conv1.weight"].transpose(2, 3, 1, 0))
+    assert json.loads((out / "model_config.json").read_text())["backbone"] == "rsa"
+    assert "layer1_2" not in restored["params"]
