@@ -55,8 +55,14 @@ def initialize_distributed(coordinator_address: str | None = None,
        env vars ``RSA_/JAX_COORDINATOR_ADDRESS``, ``..._NUM_PROCESSES``,
        ``..._PROCESS_ID``;
     2. a SLURM job step with more than one task (JAX reads the SLURM vars);
-    3. a multi-host Cloud TPU slice (JAX auto-detects from the TPU metadata).
+    3. a multi-host Cloud TPU slice (JAX auto-detects from the TPU metadata);
+       ``TPU_WORKER_HOSTNAMES`` (GKE) or ``RSA_DISTRIBUTED=1`` (set by
+       ``launch/tpu_pod.sh``, as TPU VMs do not export the host list) say so.
     Otherwise it is a single-process run and nothing is initialised.
+    ``RSA_LOCAL_DEVICE_IDS=0,1,...`` picks this process's GPUs: JAX's SLURM
+    detection otherwise gives each process only GPU ``SLURM_LOCALID``, which is
+    right for one process per GPU but not for one per node
+    (``launch/slurm_gpu.sbatch`` sets it).
 
     Returns:
       True if ``jax.distributed.initialize`` was called.
@@ -66,17 +72,21 @@ def initialize_distributed(coordinator_address: str | None = None,
         num_processes = int(_env(_ENV_NUM_PROCESSES))
     if process_id is None and _env(_ENV_PROCESS_ID) is not None:
         process_id = int(_env(_ENV_PROCESS_ID))
+    local_ids = os.environ.get("RSA_LOCAL_DEVICE_IDS")
+    local_ids = [int(i) for i in local_ids.split(",")] if local_ids else None
     if coordinator_address:
         if num_processes is None or process_id is None:
             raise ValueError(
                 f"coordinator address {coordinator_address!r} given but num_processes="
                 f"{num_processes} / process_id={process_id}: pass --num_processes and "
                 "--process_id (or RSA_NUM_PROCESSES / RSA_PROCESS_ID).")
-        jax.distributed.initialize(coordinator_address, num_processes, process_id)
+        jax.distributed.initialize(coordinator_address, num_processes, process_id,
+                                   local_device_ids=local_ids)
     elif int(os.environ.get("SLURM_NTASKS", "1")) > 1:
-        jax.distributed.initialize()  # SLURM cluster auto-detection.
-    elif len([h for h in os.environ.get("TPU_WORKER_HOSTNAMES", "").split(",") if h]) > 1:
-        jax.distributed.initialize()  # multi-host TPU slice auto-detection.
+        jax.distributed.initialize(local_device_ids=local_ids)  # SLURM auto-detection.
+    elif (len([h for h in os.environ.get("TPU_WORKER_HOSTNAMES", "").split(",") if h]) > 1
+          or os.environ.get("RSA_DISTRIBUTED", "0") not in ("", "0")):
+        jax.distributed.initialize()  # cluster auto-detection (TPU metadata, ...).
     else:
         return False
     logging.info("jax.distributed: process %d of %d, %d local / %d global devices",
