@@ -1,0 +1,161 @@
+"""The launch scripts validate their arguments and, with --dry-run, print every
+command they would run (gcloud / sbatch / srun / python) in full, runnable form."""
+
+import os
+import shlex
+import subprocess
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _run(script, *args, env=None):
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
+    full_env.update(env or {})
+    return subprocess.run(["bash", os.path.join(ROOT, "launch", script), *args], cwd=ROOT,
+                          env=full_env, capture_output=True, text=True, timeout=60)
+
+
+def _commands(stdout):
+    """The printed commands ('+ ...' lines) as argv lists."""
+    return [shlex.split(l[2:]) for l in stdout.splitlines() if l.startswith("+ ")]
+
+
+def test_tpu_pod_dry_run_prints_full_gcloud_commands():
+    r = _run("tpu_pod.sh", "--dry-run", "--name", "rsa-v4-32", "--zone", "us-central2-b",
+             "--accelerator", "v4-32", "--create", "--project", "my-proj",
+             "--config", "configs/ssv2.py:8", "--workdir", "gs://bkt/runs/ssv2",
+             "--data_dir", "gs://bkt/tfds", "--", "--config.model.dtype=bfloat16")
+    assert r.returncode == 0, r.stderr
+    cmds = _commands(r.stdout)
+    gflags = ["--zone=us-central2-b", "--project=my-proj"]
+    assert cmds[0] == ["gcloud", "compute", "tpus", "tpu-vm", "create", "rsa-v4-32", *gflags,
+                       "--accelerator-type=v4-32", "--version=tpu-ubuntu2204-base"]
+    assert cmds[1][:3] == ["git", "-C", ROOT] and "archive" in cmds[1]
+    tarball = cmds[1][cmds[1].index("-o") + 1]
+    assert cmds[2] == ["gcloud", "compute", "tpus", "tpu-vm", "scp", tarball,
+                       "rsa-v4-32:rsa_jax.tar.gz", *gflags, "--worker=all"]
+    ssh = ["gcloud", "compute", "tpus", "tpu-vm", "ssh", "rsa-v4-32", *gflags, "--worker=all"]
+    assert all(c[:len(ssh)] == ssh for c in cmds[3:]) and len(cmds) == 6
+    install = cmds[4][-1]
+    assert install.startswith("--command=cd ~/rsa_jax && python3 -m pip install")
+    assert "-r requirements.txt" in install and '"jax[tpu]==' in install
+    train = cmds[5][-1].removeprefix("--command=")
+    assert shlex.split(train) == [
+        "cd", "~/rsa_jax", "&&", "RSA_DISTRIBUTED=1", "python3", "-m", "rsa_jax.main",
+        "--config=configs/ssv2.py:8", "--workdir=gs://bkt/runs/ssv2",
+        "--config.data.data_dir=gs://bkt/tfds", "--config.model.dtype=bfloat16"]
+
+
+def test_tpu_pod_dry_run_existing_vm_detached():
+    r = _run("tpu_pod.sh", "--dry-run", "--name", "pod", "--zone", "z", "--skip_install",
+             "--detach", "--config", "configs/synthetic.py", "--workdir", "gs://b/w")
+    assert r.returncode == 0, r.stderr
+    cmds = _commands(r.stdout)
+    assert not any("create" in c for c in cmds) and not any("pip" in " ".join(c) for c in cmds)
+    assert cmds[-1][-1] == ("--command=cd ~/rsa_jax && nohup env RSA_DISTRIBUTED=1 python3 -m "
+                            "rsa_jax.main --config=configs/synthetic.py --workdir=gs://b/w "
+                            "> train.log 2>&1 &")
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--zone", "z", "--config", "configs/ssv2.py", "--workdir", "gs://b/w"], "--name is required"),
+    (["--name", "p", "--config", "configs/ssv2.py", "--workdir", "gs://b/w"], "--zone is required"),
+    (["--name", "p", "--zone", "z", "--config", "configs/nope.py", "--workdir", "gs://b/w"],
+     "no such file 'configs/nope.py'"),
+    (["--name", "p", "--zone", "z", "--config", "configs/ssv2.py", "--workdir", "/tmp/w"],
+     "must be a gs:// path"),
+    (["--name", "p", "--zone", "z", "--config", "configs/ssv2.py", "--workdir", "gs://b/w",
+      "--create"], "--create needs --accelerator"),
+    (["--name", "p", "--zone", "z", "--config", "configs/ssv2.py", "--workdir", "gs://b/w",
+      "--create", "--accelerator", "a100"], "is not a TPU type"),
+    (["--name", "Bad_Name", "--zone", "z", "--config", "configs/ssv2.py", "--workdir", "gs://b/w"],
+     "lowercase letters"),
+    (["--name", "p", "--zone"], "--zone needs a value"),
+    (["--bogus"], "unknown argument '--bogus'"),
+])
+def test_tpu_pod_rejects_bad_arguments(args, message):
+    r = _run("tpu_pod.sh", "--dry-run", *args)
+    assert r.returncode == 2 and message in r.stderr and r.stdout == ""
+
+
+def test_gpu_host_dry_run():
+    r = _run("gpu_host.sh", "--dry-run", "--config", "configs/ssv2.py", "--workdir", "/runs/a b",
+             "--data_dir", "/data/tfds", "--gpus", "0,1", "--install", "--", "--mode=test")
+    assert r.returncode == 0, r.stderr
+    cmds = _commands(r.stdout)
+    assert cmds[0][:6] == ["python3", "-m", "pip", "install", "-q", "-r"]
+    assert cmds[0][-1].startswith("jax[cuda12]==")
+    assert cmds[1] == ["env", "CUDA_VISIBLE_DEVICES=0,1", "python3", "-m", "rsa_jax.main",
+                       "--config=configs/ssv2.py", "--workdir=/runs/a b",
+                       "--config.data.data_dir=/data/tfds", "--mode=test"]
+
+
+def test_gpu_host_dry_run_multi_host_flags():
+    r = _run("gpu_host.sh", "--dry-run", "--config", "configs/ssv2.py", "--workdir", "/w",
+             "--coordinator", "10.0.0.1:12345", "--num_processes", "2", "--process_id", "1")
+    assert r.returncode == 0, r.stderr
+    assert _commands(r.stdout) == [[
+        "env", "python3", "-m", "rsa_jax.main", "--config=configs/ssv2.py", "--workdir=/w",
+        "--coordinator_address=10.0.0.1:12345", "--num_processes=2", "--process_id=1"]]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--workdir", "/w"], "--config is required"),
+    (["--config", "configs/ssv2.py"], "--workdir is required"),
+    (["--config", "configs/ssv2.py", "--workdir", "/w", "--gpus", "a,b"], "--gpus 'a,b'"),
+    (["--config", "configs/ssv2.py", "--workdir", "/w", "--coordinator", "h:1"],
+     "needs all of --coordinator"),
+    (["--config", "configs/ssv2.py", "--workdir", "/w", "--coordinator", "h", "--num_processes",
+      "2", "--process_id", "0"], "expected HOST:PORT"),
+    (["--config", "configs/ssv2.py", "--workdir", "/w", "--coordinator", "h:1", "--num_processes",
+      "2", "--process_id", "2"], "in [0, 2)"),
+])
+def test_gpu_host_rejects_bad_arguments(args, message):
+    r = _run("gpu_host.sh", "--dry-run", *args)
+    assert r.returncode == 2 and message in r.stderr and r.stdout == ""
+
+
+def test_slurm_dry_run_submits_itself_then_sruns_one_process_per_node():
+    r = _run("slurm_gpu.sbatch", "--dry-run", "--nodes", "4", "--gpus-per-node", "8",
+             "--partition", "gpu", "--config", "configs/ssv2.py", "--workdir", "/shared/run",
+             "--", "--config.model.dtype=bfloat16")
+    assert r.returncode == 0, r.stderr
+    sub, srun = _commands(r.stdout)
+    assert sub == ["sbatch", "--nodes=4", "--ntasks-per-node=1", "--gpus-per-node=8",
+                   "--cpus-per-task=16", "--time=24:00:00", "--partition=gpu",
+                   os.path.join(ROOT, "launch", "slurm_gpu.sbatch"), "--nodes", "4",
+                   "--gpus-per-node", "8", "--partition", "gpu", "--config", "configs/ssv2.py",
+                   "--workdir", "/shared/run", "--", "--config.model.dtype=bfloat16"]
+    assert srun == ["srun", "--nodes=4", "--ntasks-per-node=1", "--kill-on-bad-exit=1", "env",
+                    "RSA_LOCAL_DEVICE_IDS=0,1,2,3,4,5,6,7", "python3", "-m", "rsa_jax.main",
+                    "--config=configs/ssv2.py", "--workdir=/shared/run",
+                    "--config.model.dtype=bfloat16"]
+
+
+def test_slurm_dry_run_inside_job_one_process_per_gpu():
+    env = {"SLURM_JOB_ID": "42", "SLURM_JOB_NUM_NODES": "3", "SLURM_GPUS_ON_NODE": "4",
+           "SLURM_SUBMIT_DIR": ROOT}
+    r = _run("slurm_gpu.sbatch", "--dry-run", "--per-gpu", "--config", "configs/ssv2.py",
+             "--workdir", "/shared/run", env=env)
+    assert r.returncode == 0, r.stderr
+    assert _commands(r.stdout) == [[
+        "srun", "--nodes=3", "--ntasks-per-node=4", "--kill-on-bad-exit=1", "python3", "-m",
+        "rsa_jax.main", "--config=configs/ssv2.py", "--workdir=/shared/run"]]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--config", "configs/ssv2.py", "--workdir", "runs/x"], "must be an absolute path"),
+    (["--config", "configs/ssv2.py", "--workdir", "/w", "--nodes", "0"], "--nodes '0'"),
+    (["--config", "configs/ssv2.py"], "--workdir is required"),
+])
+def test_slurm_rejects_bad_arguments(args, message):
+    r = _run("slurm_gpu.sbatch", "--dry-run", *args)
+    assert r.returncode == 2 and message in r.stderr and r.stdout == ""
+
+
+def test_help_works_for_every_script():
+    for script in ("tpu_pod.sh", "gpu_host.sh", "slurm_gpu.sbatch"):
+        r = _run(script, "--help")
+        assert r.returncode == 0 and r.stdout.startswith("usage:"), script
