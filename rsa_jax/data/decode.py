@@ -150,18 +150,33 @@ def count_video_frames(path: str) -> int:
     return n
 
 
-def decode_frames(jpegs: Sequence[bytes], indices: Sequence[int],
-                  name: str = '<record>') -> np.ndarray:
-    """Decodes only `jpegs[i]` for i in indices → uint8 `(len(indices), H, W, 3)`."""
+def decode_frame_list(jpegs: Sequence[bytes], indices: Sequence[int],
+                      name: str = '<record>') -> list[np.ndarray]:
+    """Decodes only `jpegs[i]` for i in indices → uint8 `(H, W, 3)` frames.
+
+    A frame sampled twice is decoded once; both positions hold the same array.
+    """
     cache: dict[int, np.ndarray] = {}
     for i in indices:
         if i not in cache:
             cache[i] = decode_jpeg(jpegs[i], f'{name} frame {i}')
-    return np.stack([cache[i] for i in indices])
+    return [cache[i] for i in indices]
+
+
+def decode_frames(jpegs: Sequence[bytes], indices: Sequence[int],
+                  name: str = '<record>') -> np.ndarray:
+    """Decodes only `jpegs[i]` for i in indices → uint8 `(len(indices), H, W, 3)`."""
+    return np.stack(decode_frame_list(jpegs, indices, name))
 
 
 def decode_video_frames(data: bytes, indices: Sequence[int], height: int,
                         width: int, name: str = '<video>') -> np.ndarray:
+    """`decode_video_frame_list` stacked: uint8 `(len(indices), H, W, 3)`."""
+    return np.stack(decode_video_frame_list(data, indices, height, width, name))
+
+
+def decode_video_frame_list(data: bytes, indices: Sequence[int], height: int,
+                            width: int, name: str = '<video>') -> list[np.ndarray]:
     """Decodes a compressed video up to the last wanted frame.
 
     Inter-frame codecs must decode every frame up to the last one asked for,
@@ -185,7 +200,7 @@ def decode_video_frames(data: bytes, indices: Sequence[int], height: int,
     if not got:
         raise BadInputError(name, 'no frames decoded')
     fallback = got[max(got)]
-    return np.stack([got.get(int(i), fallback) for i in indices])
+    return [got.get(int(i), fallback) for i in indices]
 
 
 def file_size(path: str) -> int:

@@ -94,11 +94,11 @@ class ClipSpec:
     uint8_output: bool = False
 
 
-def _finish(clip: np.ndarray, flip: bool, uint8_output: bool) -> np.ndarray:
-    """Flip, then ImageNet-normalise to float32 (or keep raw uint8 pixels)."""
+def _finish(clip: np.ndarray, uint8_output: bool) -> np.ndarray:
+    """ImageNet-normalise to float32 (or keep raw uint8 pixels)."""
     if uint8_output:
-        return np.ascontiguousarray(clip[..., ::-1, :] if flip else clip)
-    return transforms.normalize(clip, flip)
+        return np.ascontiguousarray(clip)
+    return transforms.normalize(clip)
 
 
 class ClipLoader:
@@ -112,15 +112,18 @@ class ClipLoader:
         return self.source[int(index)]
 
     def load(self, record: dict, index: int,
-             indices: np.ndarray) -> tuple[np.ndarray, int]:
-        """uint8 frames `(len(indices), H, W, 3)` of a record, and its label."""
+             indices: np.ndarray) -> tuple[list[np.ndarray], int]:
+        """uint8 `(H, W, 3)` frames of a record at `indices`, and its label.
+
+        A frame sampled twice is the same array at both positions.
+        """
         vid = record['video_id']
         vid = vid.decode() if isinstance(vid, bytes) else vid
         name = f'record {index} (video {vid})'
         if 'frames' in record:
-            frames = decode.decode_frames(record['frames'], indices, name)
+            frames = decode.decode_frame_list(record['frames'], indices, name)
         else:
-            frames = decode.decode_video_frames(
+            frames = decode.decode_video_frame_list(
                 record['video'], indices, self.spec.height, self.spec.width, name)
         return frames, int(record['label'])
 
@@ -137,12 +140,13 @@ class TrainTransform(grain.transforms.RandomMap):
         idx = sampling.train_indices(int(record['num_frames']), spec.num_frames,
                                      rng)
         frames, label = self.loader.load(record, index, idx)
-        box = transforms.sample_multiscale_box(
-            frames.shape[1], frames.shape[2], spec.image_size, rng)
-        clip = transforms.crop_resize(frames, box, spec.image_size)
+        h, w = frames[0].shape[:2]
+        box = transforms.sample_multiscale_box(h, w, spec.image_size, rng)
         flip = (spec.flip and label not in spec.flip_exempt
                 and rng.random() < 0.5)
-        return {'video': _finish(clip, flip, spec.uint8_output),
+        video = transforms.augment(frames, box, spec.image_size, flip,
+                                   spec.uint8_output)
+        return {'video': video,
                 'label': np.int32(label), 'index': np.int64(index)}
 
 
@@ -172,7 +176,7 @@ class EvalTransform(grain.transforms.Map):
                     for c in range(clips)]
         frames, label = self.loader.load(record, index,
                                          np.concatenate(per_clip))
-        h, w = frames.shape[1:3]
+        h, w = frames[0].shape[:2]
         if self.test and spec.num_crops == 3:
             boxes = transforms.three_crop_boxes(h, w, spec.image_size)
         elif spec.num_crops in (1, 3):
@@ -184,7 +188,7 @@ class EvalTransform(grain.transforms.Map):
                                         spec.image_size)
                  for c in range(clips) for box in boxes]
         video = np.stack(views) if self.test else views[0]
-        return {'video': _finish(video, False, spec.uint8_output),
+        return {'video': _finish(video, spec.uint8_output),
                 'label': np.int32(label),
                 'index': np.int64(index), 'mask': np.float32(1)}
 
