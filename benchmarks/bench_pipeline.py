@@ -9,7 +9,10 @@ one thread, and, in the same run, a PIL per-frame loader equivalent to the
 official one (`Image.open(...).convert('RGB')`, `GroupScale`,
 `GroupMultiScaleCrop`, flip, `ToTorchFormatTensor` + `GroupNormalize`) on the
 same JPEG files. `jpeg_uint8` is the same pipeline with `uint8_output`
-(normalisation left to the accelerator). Prints one JSON line.
+(normalisation left to the accelerator). `max_dev_vs_pil_levels` is the
+largest per-pixel difference (grey levels, before normalisation) between our
+uint8 training clips and the official PIL chain on the same files with the
+same random draws. Prints one JSON line.
 
   python benchmarks/bench_pipeline.py [--videos 16] [--frames 8] [--seconds 4]
 """
@@ -98,6 +101,30 @@ def _official_pil_clip(folder: str, num_frames: int, t_len: int,
     return (clip - transforms.IMAGENET_MEAN) / transforms.IMAGENET_STD
 
 
+def _max_deviation(transform: pipeline.TrainTransform, root: str, videos: int,
+                   t_len: int, seeds: int = 4) -> int:
+    """Max |ours − official PIL| in grey levels over videos × seeds (uint8)."""
+    worst = 0
+    for v in range(videos):
+        vid = transform.loader.record(v)['video_id']
+        vid = vid.decode() if isinstance(vid, bytes) else vid
+        folder = os.path.join(root, 'list', os.path.basename(vid))
+        for seed in range(seeds):
+            got = transform.random_map(v, np.random.default_rng(seed))['video']
+            rng = np.random.default_rng(seed)  # replay the same draws
+            idx = sampling.train_indices(LENGTH, t_len, rng)
+            box = transforms.sample_multiscale_box(H, W, SIZE, rng)
+            flip = rng.random() < 0.5
+            want = np.stack([np.asarray(
+                Image.open(os.path.join(folder, f'img_{i + 1:05d}.jpg'))
+                .convert('RGB').crop(box).resize((SIZE, SIZE), Image.BILINEAR))
+                for i in idx])
+            if flip:
+                want = want[:, :, ::-1]
+            worst = max(worst, int(np.abs(got.astype(int) - want).max()))
+    return worst
+
+
 def _rates(fns: dict, n_items: int, frames_per_item: int, seconds: float,
            rounds: int = 5) -> tuple[dict, dict]:
     """Frames per second of each fn: wall clock and per CPU-second.
@@ -150,6 +177,7 @@ def main() -> None:
                                 uint8=True)
         webm, webm_bytes = _transform('something_something_v2', 'video', root,
                                       'ssv2', args.frames)
+        max_dev = _max_deviation(jpeg_u8, root, args.videos, args.frames)
         rng = np.random.default_rng(0)
         random.seed(0)
         t = args.frames
@@ -170,6 +198,7 @@ def main() -> None:
         'jpeg_vs_pil': round(cpu['jpeg'] / cpu['pil_official'], 2),
         'jpeg_uint8_vs_pil': round(cpu['jpeg_uint8'] / cpu['pil_official'], 2),
         'webm_vs_pil': round(cpu['webm'] / cpu['pil_official'], 2),
+        'max_dev_vs_pil_levels': max_dev,
         'stored_bytes_per_video_jpeg': jpeg_bytes,
         'stored_bytes_per_video_webm': webm_bytes,
         'cpu_count': os.cpu_count(),
