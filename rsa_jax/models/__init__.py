@@ -7,6 +7,7 @@ from typing import Any, Mapping
 
 import jax
 import jax.numpy as jnp
+from jax.extend import core as jax_core
 import numpy as np
 
 from rsa_jax.models.resnet_tsn import (BACKBONES, STAGE_BLOCKS, ResNetTSN, msra_fan_out,
@@ -91,17 +92,45 @@ def count_params(tree: Any) -> int:
     return int(sum(np.prod(x.shape) for x in jax.tree_util.tree_leaves(tree)))
 
 
+def _jaxpr_macs(jaxpr) -> int:
+    """fvcore-style multiply-accumulates of a jaxpr (rsa-method.md Appendix A).
+
+    Convolutions count out-elements × (in / groups) × kernel volume (padding
+    taps included, as fvcore does); dot_general / einsum the product of all index
+    sizes.  Everything else (batch norm, pooling, element-wise ops) counts 0.
+    """
+    total = 0
+    for eqn in jaxpr.eqns:
+        name = eqn.primitive.name
+        if name == "conv_general_dilated":
+            rhs = eqn.invars[1].aval.shape
+            spec = eqn.params["dimension_numbers"].rhs_spec  # (out, in, *spatial)
+            per_out = rhs[spec[1]] * int(np.prod([rhs[d] for d in spec[2:]]))
+            total += int(np.prod(eqn.outvars[0].aval.shape)) * per_out
+        elif name == "dot_general":
+            (lc, rc), (lb, rb) = eqn.params["dimension_numbers"]
+            lhs, rhs = eqn.invars[0].aval.shape, eqn.invars[1].aval.shape
+            free = [d for i, d in enumerate(rhs) if i not in rc and i not in rb]
+            total += int(np.prod(lhs)) * int(np.prod(free))
+        for sub in jax_core.jaxprs_in_params(eqn.params):
+            total += _jaxpr_macs(sub)
+    return total
+
+
 def model_stats(model_cfg: Any, num_frames: int, image_size: int = 224) -> dict:
     """Parameter count and XLA cost-analysis FLOPs of one clip (eval forward).
 
     Returns:
-      {'params': int, 'flops': float, 'macs': float}.  ``flops`` is XLA's count
+      {'params': int, 'flops': float, 'macs': float, 'fvcore_macs': int}.
+      ``flops`` is XLA's count
       for one ``(1, num_frames, image_size, image_size, 3)`` clip with
       ``train=False``: it counts a multiply-add as 2 flops and also counts
       batch norm, ReLU, pooling, the L2 norms and the residual adds.  ``macs`` is
       ``flops / 2``, so it is slightly above fvcore's count, which covers only
       convolutions, einsums and the classifier (71.774 GMAC for RSA-R50 at 16
-      frames, 224²; see README_model.md for the comparison).
+      frames, 224²; see README_model.md for the comparison).  XLA also skips the
+      zero-padding taps of convolutions, which fvcore counts.  ``fvcore_macs``
+      walks the jaxpr with fvcore's rules, for comparison with the paper.
     """
     model = build_model(model_cfg)
     x = jax.ShapeDtypeStruct((1, num_frames, image_size, image_size, 3), jnp.float32)
@@ -112,4 +141,6 @@ def model_stats(model_cfg: Any, num_frames: int, image_size: int = 224) -> dict:
     if isinstance(cost, (list, tuple)):
         cost = cost[0]
     flops = float(cost["flops"])
-    return {"params": count_params(variables["params"]), "flops": flops, "macs": flops / 2}
+    jaxpr = jax.make_jaxpr(lambda v, x: model.apply(v, x, train=False))(variables, x)
+    return {"params": count_params(variables["params"]), "flops": flops, "macs": flops / 2,
+            "fvcore_macs": _jaxpr_macs(jaxpr.jaxpr)}
