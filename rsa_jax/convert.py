@@ -579,7 +579,7 @@ def merge_pretrained(fresh_variables: Mapping, pretrained_variables: Mapping) ->
                               f"unknown={unknown} mis-shaped={bad}")
     merged = dict(fresh)
     for p, v in pre.items():
-        merged[p] = jnp.asarray(v, dtype=jnp.asarray(fresh[p]).dtype)
+        merged[p] = jnp.asarray(v, dtype=getattr(fresh[p], "dtype", None))
     return _unflatten(merged)
 
 
