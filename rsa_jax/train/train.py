@@ -55,6 +55,15 @@ def load_pretrained(config, state: step_lib.TrainState, shardings) -> step_lib.T
                          batch_stats=jax.device_put(merged["batch_stats"], shardings.batch_stats))
 
 
+def _prepare_data(config) -> None:
+    """Builds the TFDS dataset once (process 0); the others wait for it."""
+    if parallel.is_main_process():
+        pipeline.prepare(config.data)
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+        multihost_utils.sync_global_devices("rsa_jax: dataset prepared")
+
+
 def setup(config, mesh, steps_per_epoch: int):
     """Model, optimiser, sharded state and jitted steps (shared by train and eval)."""
     model = build_model(config.model)
@@ -92,8 +101,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     """
     _save_config(config, workdir)
     mesh = parallel.create_mesh(config.get("mesh_shape"))
-    if parallel.is_main_process():
-        pipeline.prepare(config.data)
+    _prepare_data(config)
+    parallel.barrier("dataset prepared")  # the other hosts read what process 0 built
     n_train = pipeline.num_examples(config.data, config.train_split)
     steps_per_epoch = max(1, n_train // config.global_batch_size)
     num_steps = config.num_train_steps if config.num_train_steps > 0 else int(
@@ -178,8 +187,8 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str, mode: s
     Writes ``<workdir>/eval/<split>_scores.npz`` (test: ``<split>_test_scores.npz``).
     """
     mesh = parallel.create_mesh(config.get("mesh_shape"))
-    if parallel.is_main_process():
-        pipeline.prepare(config.data)
+    _prepare_data(config)
+    parallel.barrier("dataset prepared")
     state, shardings, _, eval_fn = setup(config, mesh, steps_per_epoch=1)
     ckpt_dir = os.path.join(workdir, "checkpoints")
     ckpt = Checkpointer(ckpt_dir, read_only=True) if os.path.isdir(ckpt_dir) else None
