@@ -100,6 +100,27 @@ def is_main_process() -> bool:
     return jax.process_index() == 0
 
 
+def barrier(name: str, timeout_s: int = 3600) -> None:
+    """Waits until every process reaches ``barrier(name)`` (no-op for one process).
+
+    Uses the ``jax.distributed`` coordination service, not a device collective:
+    on CPU a gloo collective gives up when the other processes are more than
+    30 s late (e.g. while process 0 builds the dataset).
+    """
+    if jax.process_count() == 1:
+        return
+    from jax._src import distributed  # the client has the only long-timeout barrier
+    client = distributed.global_state.client
+    _barrier_count[0] += 1  # ids must be unique; every process counts the same calls
+    if client is None:
+        multihost_utils.sync_global_devices(name)
+    else:
+        client.wait_at_barrier(f"rsa_jax:{name}:{_barrier_count[0]}", timeout_s * 1000)
+
+
+_barrier_count = [0]
+
+
 def create_mesh(mesh_shape: Mapping[str, int] | None = None,
                 devices: Sequence[jax.Device] | None = None) -> Mesh:
     """A mesh over all devices of all processes.

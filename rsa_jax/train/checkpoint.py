@@ -16,6 +16,8 @@ import jax
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as cm
 
+from rsa_jax import parallel
+
 
 def abstract_like(state: Any, shardings: Any) -> Any:
     """ShapeDtypeStructs (with shardings) to restore ``state`` into its layout."""
@@ -36,6 +38,9 @@ class Checkpointer:
         options = ocp.CheckpointManagerOptions(preservation_policy=policy, create=not read_only,
                                                read_only=read_only)
         self.directory = os.path.abspath(directory)
+        # orbax's first multi-host sync is a device collective, which on CPU
+        # (gloo) fails if a host is 30 s late: line the hosts up first.
+        parallel.barrier("checkpoint manager")
         self.manager = ocp.CheckpointManager(self.directory, item_names=("state", "data"),
                                              options=options)
 

@@ -59,9 +59,9 @@ def _prepare_data(config) -> None:
     """Builds the TFDS dataset once (process 0); the others wait for it."""
     if parallel.is_main_process():
         pipeline.prepare(config.data)
-    if jax.process_count() > 1:
-        from jax.experimental import multihost_utils
-        multihost_utils.sync_global_devices("rsa_jax: dataset prepared")
+    # A coordination-service barrier, not sync_global_devices: on CPU that is a
+    # gloo collective, which gives up after 30 s (building takes longer).
+    parallel.barrier("dataset prepared")
 
 
 def setup(config, mesh, steps_per_epoch: int):
@@ -102,7 +102,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     _save_config(config, workdir)
     mesh = parallel.create_mesh(config.get("mesh_shape"))
     _prepare_data(config)
-    parallel.barrier("dataset prepared")  # the other hosts read what process 0 built
     n_train = pipeline.num_examples(config.data, config.train_split)
     steps_per_epoch = max(1, n_train // config.global_batch_size)
     num_steps = config.num_train_steps if config.num_train_steps > 0 else int(
@@ -188,7 +187,6 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str, mode: s
     """
     mesh = parallel.create_mesh(config.get("mesh_shape"))
     _prepare_data(config)
-    parallel.barrier("dataset prepared")
     state, shardings, _, eval_fn = setup(config, mesh, steps_per_epoch=1)
     ckpt_dir = os.path.join(workdir, "checkpoints")
     ckpt = Checkpointer(ckpt_dir, read_only=True) if os.path.isdir(ckpt_dir) else None
