@@ -183,3 +183,20 @@ def test_bfloat16_compute_keeps_float32_params():
     assert y.dtype == jnp.bfloat16
     y32 = RSA(features=16, num_heads=2, kernel_size=(3, 3, 3)).apply(variables, x)
     assert rel_err(y.astype(jnp.float32), y32) < 5e-2
+
+
+def test_wide_layer_im2col_path_matches_native_conv():
+    """dk > 32 takes the im2col path for H1 on CPU; it must equal lax's grouped conv."""
+    x = jax.random.normal(jax.random.key(0), (1, 3, 5, 5, 80))
+    outs = []
+    for strategy in ("taps2d", "native"):
+        layer = RSA(features=80, num_heads=2, kernel_size=(3, 3, 3), conv_strategy=strategy,
+                    precision=jax.lax.Precision.HIGHEST)
+        params = layer.init(jax.random.key(1), x)["params"]
+        assert params["H1"].shape[-1] == 40 * 40  # dk = 40 groups
+        params["P1"] = params["P1"] * 10
+        outs.append(jax.value_and_grad(
+            lambda p: jnp.sum(jnp.sin(layer.apply({"params": p}, x))))(params))
+    np.testing.assert_allclose(outs[0][0], outs[1][0], rtol=1e-5)
+    for a, b in zip(jax.tree.leaves(outs[0][1]), jax.tree.leaves(outs[1][1])):
+        assert rel_err(a, b) < 1e-5
