@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import time
 
@@ -22,14 +23,20 @@ import numpy as np
 from rsa_jax.layers import RSA
 
 
-def _median_time(fn, args, repeats: int) -> float:
+def _median_time(fn, args, repeats: int) -> tuple[float, float]:
+    """Median wall seconds and median process CPU seconds (all threads) per call.
+
+    On a shared machine the CPU seconds are the load-robust figure: divided by
+    the core count they bound what an idle machine's wall clock would show.
+    """
     jax.block_until_ready(fn(*args))  # compile + warm up
-    times = []
+    wall, cpu = [], []
     for _ in range(repeats):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         jax.block_until_ready(fn(*args))
-        times.append(time.perf_counter() - t0)
-    return float(np.median(times))
+        wall.append(time.perf_counter() - t0)
+        cpu.append(time.process_time() - c0)
+    return float(np.median(wall)), float(np.median(cpu))
 
 
 def _compiled_bytes(fn, args) -> int:
@@ -55,9 +62,10 @@ def bench(shape, kernel_size, repeats, dtype) -> dict:
             return jnp.sum(y.astype(jnp.float32) ** 2)
 
         fwd_bwd = jax.jit(jax.grad(loss, argnums=(0, 1)))
+        fwd_s, fwd_cpu = _median_time(fwd, (params, x), repeats)
+        fb_s, fb_cpu = _median_time(fwd_bwd, (params, x), repeats)
         out[impl] = {
-            "fwd_s": _median_time(fwd, (params, x), repeats),
-            "fwd_bwd_s": _median_time(fwd_bwd, (params, x), repeats),
+            "fwd_s": fwd_s, "fwd_bwd_s": fb_s, "fwd_cpu_s": fwd_cpu, "fwd_bwd_cpu_s": fb_cpu,
             "fwd_bwd_compiled_bytes": _compiled_bytes(fwd_bwd, (params, x)),
         }
         stats = jax.devices()[0].memory_stats() or {}
@@ -83,7 +91,7 @@ def main():
         "device": str(jax.devices()[0].device_kind), "backend": jax.default_backend(),
         "cpu": platform.processor() or platform.machine(), "jax": jax.__version__,
         **{f"{impl}_{k}": v for impl, r in res.items() for k, v in r.items()},
-        "fastest": best,
+        "fastest": best, "cpu_count": os.cpu_count(), "load_avg_1min": os.getloadavg()[0],
     }
     if jax.default_backend() == "cpu":
         line["official_cpu_fwd_bwd_s"] = official["fwd_bwd_s"]
