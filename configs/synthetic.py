@@ -49,7 +49,7 @@ def get_config(arg: str = "rsa") -> ml_collections.ConfigDict:
     # Recipe of rsa-method.md §4 at a CPU scale; lr raised for a short run.
     c.global_batch_size = 16
     c.learning_rate = 0.1
-    c.num_epochs = 20
+    c.num_epochs = 30
     c.num_train_steps = -1                 # -1: num_epochs × steps per epoch
     c.warmup_epochs = 2                     # epoch 0 ramps from 0.5·lr (official s = e + 1)
     c.warmup_factor = 1e-3
@@ -68,7 +68,7 @@ def get_config(arg: str = "rsa") -> ml_collections.ConfigDict:
     c.init_from = None
     c.torchvision_init = None
 
-    c.log_every_steps = 24
+    c.log_every_steps = 96
     c.eval_every_epochs = 5
     c.checkpoint_every_steps = 0           # 0: with every evaluation
     c.keep_checkpoints = 2
