@@ -5,17 +5,22 @@ cluster runs — on the tiny synthetic_motion split:
 * after 6 steps their checkpointed params and batch stats equal a
   single-process, 8-device run fed the same global batches (each step's batch
   is host 0's slice followed by host 1's, exactly what
-  ``jax.make_array_from_process_local_data`` assembles), to float32 rounding;
-* the hosts read disjoint shards (from the logged record indices);
-* SIGKILL-ing one process mid-run, killing the other and restarting both
-  resumes from the last cooperative orbax checkpoint and ends bit-identical to
-  the uninterrupted two-process run.
+  ``jax.make_array_from_process_local_data`` assembles);
+* the hosts read disjoint shards;
+* SIGKILL-ing one process after the first checkpoint, killing the other and
+  restarting both resumes from the last cooperative orbax checkpoint and ends
+  where the uninterrupted two-process run ends.
 
-Why rounding and not bit equality for the first check: the single-process
-reference sums the cross-device gradients and batch-norm moments in XLA's
-in-process all-reduce, the two-process run in gloo's, and float32 addition is
-not associative. The resumed run repeats the very same two-process
-computation, so there equality is exact.
+"Equal" is to float32 rounding, not bits, in both comparisons, measured as the
+worst per-array deviation relative to the array's scale (< 2e-3; a negative
+control that feeds host 0's slice twice is > 1e-2 away). Against one process
+because the gradient and batch-norm sums run in gloo instead of XLA's
+in-process all-reduce, and float32 addition is not associative. Against the
+uninterrupted run because two-process CPU runs are not bit-reproducible here:
+in one of three trials, two identical runs had bit-equal checkpoints at steps 2
+and 4 and differed by ~2e-4 (relative) at step 6 (our reading: the summation
+order of the CPU collectives varies with thread scheduling on a loaded
+machine). Single-process resume is bit-exact (tests/test_train_loop.py).
 """
 
 import json
@@ -176,6 +181,17 @@ def _leaves(tree):
     return [np.asarray(x) for x in jax.tree_util.tree_leaves(tree)]
 
 
+def _worst(want, got):
+    """Largest per-array deviation, relative to the array's scale."""
+    return max(float(np.abs(g - w).max() / (np.abs(w).max() + 1e-6)) for w, g in zip(want, got))
+
+
+# Two runs "agree" when every array is within 0.2% of its own scale after the 6
+# steps (observed: ~2e-4; the negative control, one host's half of each batch
+# replaced by the other's, is off by more than 1e-2).
+TOLERANCE = 2e-3
+
+
 def test_two_processes_match_one_process_on_the_same_global_batch(two_process_run, reference):
     workdir, procs = two_process_run
     log0 = open(procs[0].log_path).read()
@@ -189,6 +205,7 @@ def test_two_processes_match_one_process_on_the_same_global_batch(two_process_ru
 
     config, mesh, state, abstract, train_fn = reference
     init_params = _leaves(state.params)
+    control = jax.tree_util.tree_map(lambda x: x.copy(), state)    # state is donated below
     hosts = [pipeline.create_iterator(config.data, split="train", mode="train",
                                       global_batch_size=config.global_batch_size,
                                       process_index=p, process_count=2, seed=config.seed)
@@ -200,13 +217,21 @@ def test_two_processes_match_one_process_on_the_same_global_batch(two_process_ru
             seen[p] |= set(local[p]["index"].tolist())
         batch = {k: np.concatenate([b[k] for b in local]) for k in ("video", "label")}
         state, _ = train_fn(state, parallel.shard_batch(batch, mesh))
+        wrong = {k: np.concatenate([local[0][k], local[0][k]]) for k in ("video", "label")}
+        control, _ = train_fn(control, parallel.shard_batch(wrong, mesh))
     assert not seen[0] & seen[1]                            # disjoint host shards
 
     got = _restore(workdir, NUM_STEPS, abstract)
     want_p, got_p = _leaves(state.params), _leaves(got.params)
     assert len(want_p) == len(got_p) > 20
-    for w, g in zip(want_p + _leaves(state.batch_stats), got_p + _leaves(got.batch_stats)):
-        np.testing.assert_allclose(g, w, rtol=2e-5, atol=2e-6)
+    want = want_p + _leaves(state.batch_stats)
+    got_all = got_p + _leaves(got.batch_stats)
+    worst = _worst(want, got_all)
+    worst_control = _worst(_leaves(control.params) + _leaves(control.batch_stats), got_all)
+    print(f"two processes vs one: {sum(np.array_equal(w, g) for w, g in zip(want, got_all))}/"
+          f"{len(want)} arrays bit-equal, worst relative deviation {worst:.2g} "
+          f"(negative control {worst_control:.2g})")
+    assert worst < TOLERANCE < worst_control / 5
     # ... and it trained: the params moved away from their initial values.
     assert max(np.abs(a - b).max() for a, b in zip(init_params, got_p)) > 1e-3
 
@@ -235,6 +260,10 @@ def test_kill_one_process_then_restart_both_resumes_exactly(setup_dir, two_proce
     assert _steps(workdir)[-1] == NUM_STEPS
 
     abstract = reference[3]
-    a, b = _restore(full, NUM_STEPS, abstract), _restore(workdir, NUM_STEPS, abstract)
-    for x, y in zip(_leaves(a), _leaves(b)):               # params, batch stats, optimiser, rng
-        np.testing.assert_array_equal(x, y)
+    resumed_from = int(m.group(1))
+    for step in (resumed_from, NUM_STEPS):   # params, batch stats, optimiser state, rng
+        a, b = _leaves(_restore(full, step, abstract)), _leaves(_restore(workdir, step, abstract))
+        equal = sum(np.array_equal(x, y) for x, y in zip(a, b))
+        print(f"step {step}: resumed vs uninterrupted {equal}/{len(a)} arrays bit-equal, "
+              f"worst relative deviation {_worst(a, b):.2g}")
+        assert _worst(a, b) < TOLERANCE
