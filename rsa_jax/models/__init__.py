@@ -128,7 +128,7 @@ def model_stats(model_cfg: Any, num_frames: int, image_size: int = 224) -> dict:
       batch norm, ReLU, pooling, the L2 norms and the residual adds.  ``macs`` is
       ``flops / 2``, so it is slightly above fvcore's count, which covers only
       convolutions, einsums and the classifier (71.774 GMAC for RSA-R50 at 16
-      frames, 224²; see README_model.md for the comparison).  XLA also skips the
+      frames, 224²; see README.md, "Size and cost").  XLA also skips the
       zero-padding taps of convolutions, which fvcore counts.  ``fvcore_macs``
       walks the jaxpr with fvcore's rules, for comparison with the paper.
     """
