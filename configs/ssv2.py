@@ -34,7 +34,7 @@ def get_config(arg: str = "16") -> ml_collections.ConfigDict:
     c.model.depth = 50
     c.model.width = 64
     c.model.num_classes = 174
-    c.model.rsa_positions = [[2], [1, 3], [1, 3, 5], [1]]   # §3.1: 7 RSA blocks
+    c.model.rsa_positions = ((2,), (1, 3), (1, 3, 5), (1,))   # §3.1: 7 RSA blocks
     c.model.rsa = dict(num_heads=8, kernel_size=[5, 7, 7], kernel_type="VplusR",
                        context_type="VplusR", implementation="conv")   # §3.2
     c.model.dropout = 0.3                  # scripts and SSv2 log

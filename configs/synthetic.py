@@ -37,7 +37,7 @@ def get_config(arg: str = "rsa") -> ml_collections.ConfigDict:
     c.model.depth = 18
     c.model.width = 16
     c.model.num_classes = 8
-    c.model.rsa_positions = [[1], [1], [1], [1]]   # one RSA block per stage (block 0 never is)
+    c.model.rsa_positions = ((1,), (1,), (1,), (1,))   # one RSA block per stage (block 0 never is)
     c.model.rsa = dict(num_heads=8, kernel_size=[3, 7, 7], kernel_type="VplusR",
                        context_type="VplusR", implementation="conv")
     c.model.dropout = 0.1
