@@ -5,6 +5,8 @@ overridden with ``--config.x=y`` (e.g. ``--config.model.dtype=bfloat16``);
 a config argument follows a colon (``--config configs/ssv2.py:8`` for 8 frames).
 """
 
+import logging as std_logging
+
 from absl import app, flags, logging
 from ml_collections import config_flags
 
@@ -19,11 +21,25 @@ flags.DEFINE_enum("mode", "train", ["train", "eval", "test"],
 flags.DEFINE_string("coordinator_address", None, "Multi-process: host:port of process 0.")
 flags.DEFINE_integer("num_processes", None, "Multi-process: number of processes.")
 flags.DEFINE_integer("process_id", None, "Multi-process: index of this process.")
+flags.DEFINE_bool("library_logs", False,
+                  "Also show the INFO logs of orbax, TFDS, grain, clu and etils (very chatty).")
 flags.mark_flags_as_required(["config", "workdir"])
+
+_CHATTY = ("/orbax/", "/tensorflow_datasets/", "/grain/", "/clu/", "/etils/")
+
+
+class _QuietLibraries(std_logging.Filter):
+    """Keeps the console to our progress lines: library INFO records are dropped."""
+
+    def filter(self, record: std_logging.LogRecord) -> bool:
+        return record.levelno >= std_logging.WARNING or not any(
+            part in record.pathname for part in _CHATTY)
 
 
 def main(argv):
     del argv
+    if not FLAGS.library_logs:
+        logging.get_absl_handler().addFilter(_QuietLibraries())
     from rsa_jax import parallel  # imports jax; distributed start-up must come first
     parallel.initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes,
                                     FLAGS.process_id)
