@@ -23,6 +23,7 @@ import argparse
 import json
 import os
 import random
+import sys
 import tempfile
 import time
 
@@ -31,8 +32,9 @@ import ml_collections
 import numpy as np
 from PIL import Image
 
-from rsa_jax.data import pipeline, sampling, transforms
-from rsa_jax.data.decode import encode_jpeg
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from rsa_jax.data import pipeline, sampling, transforms  # noqa: E402
+from rsa_jax.data.decode import encode_jpeg  # noqa: E402
 
 H, W, SIZE, LENGTH = 240, 320, 224, 48
 

@@ -16,11 +16,14 @@ import os
 import platform
 import time
 
+import sys
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rsa_jax.layers import RSA
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from rsa_jax.layers import RSA  # noqa: E402  (repo root on the path for `python benchmarks/...`)
 
 
 def _median_time(fn, args, repeats: int) -> tuple[float, float]:

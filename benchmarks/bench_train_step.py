@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import statistics
 import sys
@@ -21,7 +22,7 @@ import time
 import jax
 import numpy as np
 
-sys.path.insert(0, ".")
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from configs import ssv2  # noqa: E402
 from rsa_jax import parallel  # noqa: E402
 from rsa_jax.train import train  # noqa: E402
