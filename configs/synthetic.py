@@ -6,7 +6,8 @@
 The argument picks the backbone: 'rsa' (default) or the baselines 'tsn2d' /
 'tsn3d'. Same recipe as the paper (SGD Nesterov, warm-up + cosine, label
 smoothing, stochastic depth) scaled down: a ResNet-18-layout TSN of width 16
-with one RSA block (3×7×7 kernels) per stage, 8 frames at 32², batch 16.
+with one RSA block (3×7×7 kernels) per stage, 8 frames at 48², batch 16.
+Measured: 91.9 % val top-1 in about 11 min on 2 idle cores (README, "CPU demo").
 """
 
 import ml_collections
@@ -22,7 +23,7 @@ def get_config(arg: str = "rsa") -> ml_collections.ConfigDict:
     c.data.data_dir = None
     c.data.manual_dir = None
     c.data.num_frames = 8
-    c.data.image_size = 32
+    c.data.image_size = 48                 # at 32² the motion is 1-2 px/frame: 47-49 % top-1
     c.data.flip = True                     # left/right classes are exempt (by name)
     c.data.test_num_clips = 2
     c.data.test_num_crops = 3
@@ -46,9 +47,9 @@ def get_config(arg: str = "rsa") -> ml_collections.ConfigDict:
     c.model.bn_momentum = 0.9
     c.model.bn_eps = 1e-5
 
-    # Recipe of rsa-method.md §4 at a CPU scale (lr 0.1 plateaued at chance for 10 epochs).
+    # Recipe of rsa-method.md §4 at a CPU scale; lr raised for a 30-epoch run.
     c.global_batch_size = 16
-    c.learning_rate = 0.03
+    c.learning_rate = 0.1
     c.num_epochs = 30
     c.num_train_steps = -1                 # -1: num_epochs × steps per epoch
     c.warmup_epochs = 2                     # epoch 0 ramps from 0.5·lr (official s = e + 1)
@@ -69,7 +70,7 @@ def get_config(arg: str = "rsa") -> ml_collections.ConfigDict:
     c.torchvision_init = None
 
     c.log_every_steps = 96
-    c.eval_every_epochs = 5
+    c.eval_every_epochs = 10
     c.checkpoint_every_steps = 0           # 0: with every evaluation
     c.keep_checkpoints = 2
     c.eval_batch_size = 32
