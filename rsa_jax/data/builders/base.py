@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import json
 import multiprocessing
 import os
 import re
@@ -62,6 +63,16 @@ class VideoConfig(tfds.core.BuilderConfig):
     storage: str = 'jpeg'
     jpeg_quality: int = decode.JPEG_QUALITY
 
+
+def load_json(path: str) -> Any:
+    """Reads a label/annotation JSON file; unreadable or malformed -> BadInputError."""
+    try:
+        with open(path, encoding='utf-8') as f:
+            return json.load(f)
+    except OSError as e:
+        raise BadInputError(path, f'cannot read ({e.strerror})') from e
+    except json.JSONDecodeError as e:
+        raise BadInputError(path, f'invalid JSON ({e})') from e
 
 def video_example(path: str, video_id: str, label: int | str, label_name: str,
                   cfg: VideoConfig) -> dict[str, Any]:

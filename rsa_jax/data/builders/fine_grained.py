@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 from typing import Sequence
 
@@ -12,15 +11,6 @@ import tensorflow_datasets as tfds
 from rsa_jax.data.builders import base
 from rsa_jax.data.decode import BadInputError
 
-
-def _load_json(path: str):
-    try:
-        with open(path, encoding='utf-8') as f:
-            return json.load(f)
-    except OSError as e:
-        raise BadInputError(path, f'cannot read ({e.strerror})') from e
-    except json.JSONDecodeError as e:
-        raise BadInputError(path, f'invalid JSON ({e})') from e
 
 
 def _labelled_video_items(split: str, list_path: str,
@@ -68,7 +58,7 @@ class Diving48(base.VideoBuilder):
         self._check_storage(raw_is_video=True)
         root = os.fspath(dl_manager.manual_dir)
         vocab_path = os.path.join(root, 'Diving48_vocab.json')
-        vocab = _load_json(vocab_path)
+        vocab = base.load_json(vocab_path)
         # Each class is [takeoff, somersault, twist, flight]; join as its name.
         names = [' '.join(map(str, v)) if isinstance(v, list) else str(v)
                  for v in vocab]
@@ -82,7 +72,7 @@ class Diving48(base.VideoBuilder):
                 for split in ('train', 'test')}
 
     def _generate_examples(self, split, list_path, video_dir, names):
-        entries = _load_json(list_path)
+        entries = base.load_json(list_path)
         if not isinstance(entries, list):
             raise BadInputError(list_path, 'expected a JSON list of videos')
         pairs = [(str(e.get('vid_name')), e.get('label')) for e in entries]

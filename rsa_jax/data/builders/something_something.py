@@ -7,9 +7,8 @@ ids [86, 87, 93, 94, 166, 167] refer to).
 
 from __future__ import annotations
 
-import json
 import os
-from typing import Any, Sequence
+from typing import Sequence
 
 import tensorflow_datasets as tfds
 
@@ -21,15 +20,6 @@ def template_to_name(template: str) -> str:
     """SSv2 'template' → class name: 'Holding [something]' → 'Holding something'."""
     return template.replace('[', '').replace(']', '')
 
-
-def _load_json(path: str) -> Any:
-    try:
-        with open(path, encoding='utf-8') as f:
-            return json.load(f)
-    except OSError as e:
-        raise BadInputError(path, f'cannot read ({e.strerror})') from e
-    except json.JSONDecodeError as e:
-        raise BadInputError(path, f'invalid JSON ({e})') from e
 
 
 class SomethingSomethingV2(base.VideoBuilder):
@@ -62,7 +52,7 @@ class SomethingSomethingV2(base.VideoBuilder):
         self._check_storage(raw_is_video=True)
         manual_dir = dl_manager.manual_dir
         labels_path = self._labels_file(manual_dir, 'labels.json')
-        labels = _load_json(labels_path)
+        labels = base.load_json(labels_path)
         if not isinstance(labels, dict) or not labels:
             raise BadInputError(labels_path, 'expected a non-empty JSON object '
                                 '{class name: id}')
@@ -76,7 +66,7 @@ class SomethingSomethingV2(base.VideoBuilder):
 
     def _generate_examples(self, split: str, list_path: str, video_dir: str,
                            names: set[str]):
-        entries = _load_json(list_path)
+        entries = base.load_json(list_path)
         if not isinstance(entries, list):
             raise BadInputError(list_path, 'expected a JSON list of videos')
         items = []
