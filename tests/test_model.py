@@ -202,3 +202,37 @@ def test_fvcore_style_macs_match_the_paper_log():
     v = jax.eval_shape(lambda: m.init(jax.random.PRNGKey(0), jnp.zeros(x.shape), train=False))
     jaxpr = jax.make_jaxpr(lambda v, x: m.apply(v, x, train=False))(v, x)
     assert _jaxpr_macs(jaxpr.jaxpr) == 71_774_240_768
+
+
+# --- CPU-friendly forms of the stem pool and the 1×1 convolutions -----------------
+
+def _library_max_pool(x):
+    import flax.linen as nn
+    return nn.max_pool(x, (1, 3, 3), (1, 2, 2), ((0, 0), (1, 1), (1, 1)))
+
+
+@pytest.mark.parametrize("shape", [(1, 2, 12, 12, 3), (2, 1, 13, 11, 4)])
+def test_stem_max_pool_matches_library_pool_and_its_gradient(shape):
+    from rsa_jax.models.resnet_tsn import max_pool_stem
+    # After ReLU and rounding most windows hold ties: the gradient must go to the
+    # first maximum of each window, exactly as XLA's select-and-scatter does.
+    x = jnp.round(2 * jax.nn.relu(jax.random.normal(jax.random.key(0), shape))) / 2
+    y, vjp = jax.vjp(max_pool_stem, x)
+    y_ref, vjp_ref = jax.vjp(_library_max_pool, x)
+    np.testing.assert_array_equal(y, y_ref)
+    ones = jnp.ones_like(y)  # integer counts: exact, whatever the summation order
+    np.testing.assert_array_equal(vjp(ones)[0], vjp_ref(ones)[0])
+    ct = jax.random.normal(jax.random.key(1), y.shape)
+    np.testing.assert_allclose(vjp(ct)[0], vjp_ref(ct)[0], rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("c_in,c_out", [(16, 4), (4, 16)])
+def test_channel_matmul_gradient_matches_einsum(c_in, c_out):
+    from rsa_jax.models.resnet_tsn import channel_matmul
+    x = jax.random.normal(jax.random.key(0), (2, 3, 5, 5, c_in))
+    w = jax.random.normal(jax.random.key(1), (c_in, c_out))
+    ours = jax.grad(lambda x, w: jnp.sum(jnp.sin(channel_matmul(x, w))), (0, 1))(x, w)
+    ref = jax.grad(lambda x, w: jnp.sum(jnp.sin(jnp.einsum("...c,cd->...d", x, w))),
+                   (0, 1))(x, w)
+    for a, b in zip(ours, ref):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
