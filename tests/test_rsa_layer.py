@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from unittest import mock
 
 import jax
 import jax.numpy as jnp
@@ -12,22 +13,37 @@ import pytest
 
 from rsa_jax.convert import rsa_layer_params_from_torch, rsa_layer_params_to_torch
 from rsa_jax.layers import RSA
+from rsa_jax.layers import rsa as rsa_module
 from rsa_jax.layers.rsa import resolve_dims
 from tests.rsa_fixtures import FIXTURE_DIR, LAYER_FIXTURES, load_layer_fixture, rel_err
 
 IMPLS = ("conv", "patches")
 # conv_strategy 'native' (lax 3-D convs) is the accelerator path; check it on CPU too.
-VARIANTS = [("conv", "taps2d"), ("conv", "native"), ("patches", "auto")]
+# 'taps2d-frames' forces the dense frame-matrix form of the shared convolution, which
+# the CPU path picks by itself only for frames no larger than the kernel window.
+VARIANTS = [("conv", "taps2d"), ("conv", "taps2d-frames"), ("conv", "native"),
+            ("patches", "auto")]
+
+
+def _layer(impl, strategy, **cfg):
+    return RSA(**cfg, implementation=impl, conv_strategy=strategy.split("-")[0],
+               precision=jax.lax.Precision.HIGHEST)
+
+
+def _force_frames(strategy):
+    return mock.patch.object(rsa_module, "_use_frame_matrix",
+                             (lambda *a: True) if strategy.endswith("-frames")
+                             else rsa_module._use_frame_matrix)
 
 
 def _run(fx, impl, strategy, dtype):
-    layer = RSA(**fx["layer"], implementation=impl, conv_strategy=strategy,
-                precision=jax.lax.Precision.HIGHEST)
+    layer = _layer(impl, strategy, **fx["layer"])
     params = jax.tree.map(lambda a: jnp.asarray(a, dtype),
                           rsa_layer_params_from_torch(fx["torch_params"], fx["layer"]))
     x = jnp.asarray(fx["input"], dtype)
-    y, vjp = jax.vjp(lambda p, x: layer.apply({"params": p}, x), params, x)
-    gp, gx = vjp(jnp.asarray(fx["cotangent"], dtype))
+    with _force_frames(strategy):
+        y, vjp = jax.vjp(lambda p, x: layer.apply({"params": p}, x), params, x)
+        gp, gx = vjp(jnp.asarray(fx["cotangent"], dtype))
     return y, gx, rsa_layer_params_to_torch(gp)
 
 
@@ -101,11 +117,11 @@ def test_implementations_agree_on_random_configs(seed):
         lambda p, a: a + 0.3 * jax.random.normal(jax.random.key(len(str(p))), a.shape), params)
     outs = {}
     for impl, strategy in VARIANTS:
-        layer = RSA(**cfg, implementation=impl, conv_strategy=strategy,
-                    precision=jax.lax.Precision.HIGHEST)
-        y, grads = jax.value_and_grad(
-            lambda p, x: jnp.sum(jnp.sin(layer.apply({"params": p}, x))), argnums=(0, 1))(
-                params, x)
+        layer = _layer(impl, strategy, **cfg)
+        with _force_frames(strategy):
+            y, grads = jax.value_and_grad(
+                lambda p, x: jnp.sum(jnp.sin(layer.apply({"params": p}, x))),
+                argnums=(0, 1))(params, x)
         outs[impl, strategy] = (y, grads)
     ref_y, ref_g = outs[VARIANTS[0]]
     for key, (y, g) in outs.items():
