@@ -19,10 +19,10 @@ from tests.rsa_fixtures import FIXTURE_DIR, LAYER_FIXTURES, load_layer_fixture, 
 
 IMPLS = ("conv", "patches")
 # conv_strategy 'native' (lax 3-D convs) is the accelerator path; check it on CPU too.
-# 'taps2d-frames' forces the dense frame-matrix form of the shared convolution, which
-# the CPU path picks by itself only for frames no larger than the kernel window.
-VARIANTS = [("conv", "taps2d"), ("conv", "taps2d-frames"), ("conv", "native"),
-            ("patches", "auto")]
+# 'taps2d' evaluates the shared H2/G convolution in one of three forms chosen by frame
+# size ('taps', 'row', 'frame'); each is forced here on every fixture.
+VARIANTS = [("conv", "taps2d-taps"), ("conv", "taps2d-row"), ("conv", "taps2d-frame"),
+            ("conv", "native"), ("patches", "auto")]
 
 
 def _layer(impl, strategy, **cfg):
@@ -31,9 +31,9 @@ def _layer(impl, strategy, **cfg):
 
 
 def _force_frames(strategy):
-    return mock.patch.object(rsa_module, "_use_frame_matrix",
-                             (lambda *a: True) if strategy.endswith("-frames")
-                             else rsa_module._use_frame_matrix)
+    form = strategy.split("-")[1] if "-" in strategy else None
+    return mock.patch.object(rsa_module, "_shared_conv_form",
+                             (lambda *a: form) if form else rsa_module._shared_conv_form)
 
 
 def _run(fx, impl, strategy, dtype):
