@@ -35,7 +35,7 @@ def main() -> None:
     p.add_argument("--size", type=int, default=224)
     p.add_argument("--dtype", default="float32")
     p.add_argument("--implementation", default="conv")
-    p.add_argument("--steps", type=int, default=3)
+    p.add_argument("--steps", type=int, default=7)
     args = p.parse_args()
 
     c = ssv2.get_config(str(args.frames))
@@ -58,12 +58,13 @@ def main() -> None:
                  + mem.temp_size_in_bytes - mem.alias_size_in_bytes) if mem else None
     state, m = compiled(state, batch)          # warm-up
     jax.block_until_ready(m)
-    times = []
+    times, cpu = [], []
     for _ in range(args.steps):
-        t = time.perf_counter()
+        t, c = time.perf_counter(), time.process_time()
         state, m = compiled(state, batch)
         jax.block_until_ready((state.params, m))
         times.append(time.perf_counter() - t)
+        cpu.append(time.process_time() - c)
     step_s = statistics.median(times)
     dev = jax.devices()[0]
     stats = dev.memory_stats() or {}
@@ -72,6 +73,9 @@ def main() -> None:
            "dtype": args.dtype, "implementation": args.implementation,
            "compile_s": round(compile_s, 2), "step_s": round(step_s, 4),
            "step_s_per_clip": round(step_s / args.batch, 4),
+           "step_s_min": round(min(times), 4), "step_s_max": round(max(times), 4),
+           "step_cpu_s": round(statistics.median(cpu), 3),
+           "load_avg_1min": round(os.getloadavg()[0], 2),
            "clips_per_s": round(args.batch / step_s, 2),
            "xla_peak_gib": round(xla_bytes / 2**30, 3) if xla_bytes else None,
            "device_peak_gib": round(stats["peak_bytes_in_use"] / 2**30, 3)
