@@ -30,6 +30,7 @@ the official ``rearrange`` produces; official checkpoints depend on it.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 from typing import Any, Literal, Sequence
@@ -169,6 +170,21 @@ def _band(n: int, k: int):
     return np.clip(d, 0, k - 1), (d >= 0) & (d < k)
 
 
+_FORCE_TAPS = [False]  # set by `taps_form_only` (fvcore-style op counting)
+
+
+@contextlib.contextmanager
+def taps_form_only():
+    """Traces the CPU path with the shared conv as a convolution on every frame size,
+    i.e. the graph of the official layer (no banded matrices, whose zero entries
+    would count as multiply-adds)."""
+    _FORCE_TAPS[0] = True
+    try:
+        yield
+    finally:
+        _FORCE_TAPS[0] = False
+
+
 def _shared_conv_form(h: int, w: int, kernel_size: Sequence[int]) -> str:
     """How the CPU path evaluates the shared H2/G convolution on h×w frames.
 
@@ -180,6 +196,8 @@ def _shared_conv_form(h: int, w: int, kernel_size: Sequence[int]) -> str:
     kernel: 7×7 frames 117 -> 27 ms ('frame'), 14×14 116 -> 60 ms ('row');
     at 28×28 and above the convolution is faster.
     """
+    if _FORCE_TAPS[0]:
+        return "taps"
     if h * w <= kernel_size[1] * kernel_size[2]:
         return "frame"
     return "row" if w <= 2 * kernel_size[2] else "taps"

@@ -10,6 +10,7 @@ import jax.numpy as jnp
 from jax.extend import core as jax_core
 import numpy as np
 
+from rsa_jax.layers import rsa as rsa_layer
 from rsa_jax.models.resnet_tsn import (BACKBONES, STAGE_BLOCKS, ResNetTSN, msra_fan_out,
                                        survival_probs)
 
@@ -141,6 +142,7 @@ def model_stats(model_cfg: Any, num_frames: int, image_size: int = 224) -> dict:
     if isinstance(cost, (list, tuple)):
         cost = cost[0]
     flops = float(cost["flops"])
-    jaxpr = jax.make_jaxpr(lambda v, x: model.apply(v, x, train=False))(variables, x)
+    with rsa_layer.taps_form_only():
+        jaxpr = jax.make_jaxpr(lambda v, x: model.apply(v, x, train=False))(variables, x)
     return {"params": count_params(variables["params"]), "flops": flops, "macs": flops / 2,
             "fvcore_macs": _jaxpr_macs(jaxpr.jaxpr)}
