@@ -148,21 +148,6 @@ def _conv2d_taps(taps, w, precision):
         dimension_numbers=("NHWC", "HWIO", "NHWC"), precision=precision)
 
 
-def _shared_conv(v, bank, precision, native):
-    """Applies one single-channel filter bank to every channel of v.
-
-    v (B,T,H,W,C), bank (kT,kH,kW,1,F) -> (B,T,H,W,C,F).  Channels move into the
-    batch so that a single ungrouped convolution serves them all.
-    """
-    b, t, h, w, c = v.shape
-    vb = jnp.moveaxis(v, -1, 1).reshape(b * c, t, h, w)
-    if native:
-        out = _conv3d_native(vb[..., None], bank, precision)
-    else:
-        out = _conv2d_taps(_temporal_taps(vb, bank.shape[0]), bank[:, :, :, 0], precision)
-    return jnp.moveaxis(out.reshape(b, c, t, h, w, -1), 1, 4)
-
-
 def _band(n: int, k: int):
     """Kernel tap linking input q to output p of a 'same' 1-D conv (size n, kernel k),
     as clipped indices [q, p] and a validity mask."""
@@ -203,12 +188,25 @@ def _shared_conv_form(h: int, w: int, kernel_size: Sequence[int]) -> str:
     return "row" if w <= 2 * kernel_size[2] else "taps"
 
 
-def _shared_conv_matmul(v, bank, precision, form):
-    """`_shared_conv` as one matmul with a banded weight matrix ('frame' or 'row')."""
+def _shared_conv(v, bank, precision, form):
+    """Applies one single-channel filter bank to every channel of v.
+
+    v (B,T,H,W,C), bank (kT,kH,kW,1,F) -> (B,T,H,W,C,F).  Channels move into the
+    batch so that one ungrouped operation serves them all: a lax 3-D convolution
+    ('native'), a 2-D convolution over the temporal taps ('taps'), or one matmul
+    with a banded weight matrix ('frame' / 'row', see `_shared_conv_form`).
+    """
     b, t, h, w, c = v.shape
-    kt, kh, kw, f = bank.shape[:3] + bank.shape[-1:]
+    kt, kh, kw = bank.shape[:3]
+    vb = jnp.moveaxis(v, -1, 1).reshape(b * c, t, h, w)
+    if form == "native":
+        out = _conv3d_native(vb[..., None], bank, precision)
+        return jnp.moveaxis(out.reshape(b, c, t, h, w, -1), 1, 4)
     bank = bank[:, :, :, 0]
-    taps = _temporal_taps(jnp.moveaxis(v, -1, 1).reshape(b * c, t, h, w), kt)
+    taps = _temporal_taps(vb, kt)
+    if form == "taps":
+        out = _conv2d_taps(taps, bank, precision)
+        return jnp.moveaxis(out.reshape(b, c, t, h, w, -1), 1, 4)
     iw, okw = _band(w, kw)
     zero = jnp.zeros((), bank.dtype)
     if form == "frame":  # mat[(qh, qw, a), (ph, pw, f)] = bank[a, qh-ph+kh//2, qw-pw+kw//2, f]
@@ -217,14 +215,14 @@ def _shared_conv_matmul(v, bank, precision, form):
         ok = okh[:, None, :, None] & okw[None, :, None, :]
         mat = jnp.moveaxis(jnp.where(ok[None, ..., None], m, zero), 0, 2)
         rows = taps.reshape(-1, h * w * kt)
-    else:  # mat[(i, qw, a), (pw, f)] = bank[a, i, qw-pw+kw//2, f]; rows stack kH offsets
+    else:  # 'row': mat[(i, qw, a), (pw, f)] = bank[a, i, qw-pw+kw//2, f]; rows stack kH offsets
         m = jnp.where(okw[None, None, :, :, None], bank[:, :, iw], zero)  # (kT,kH,qw,pw,F)
         mat = jnp.transpose(m, (1, 2, 0, 3, 4))
         tp = jnp.pad(taps, ((0, 0), (kh // 2, kh // 2), (0, 0), (0, 0)))
         rows = jnp.stack([tp[:, i:i + h] for i in range(kh)], axis=2)  # (N, H, kH, W, kT)
         rows = rows.reshape(-1, kh * w * kt)
     out = jnp.dot(rows, mat.reshape(rows.shape[1], -1), precision=precision)
-    return jnp.moveaxis(out.reshape(b, c, t, h, w, f), 1, 4)
+    return jnp.moveaxis(out.reshape(b, c, t, h, w, -1), 1, 4)
 
 
 def _grouped_conv_taps(k, h1, groups, precision):
@@ -420,10 +418,7 @@ class RSA(nn.Module):
         # filters, Â) and G (dv filters, Ĝ): one fused convolution.
         bank = h2 if g is None else jnp.concatenate([h2, g], axis=-1)
         form = "native" if native else _shared_conv_form(v.shape[2], v.shape[3], ks)
-        if form in ("frame", "row"):
-            ab = _shared_conv_matmul(v, bank, self.precision, form)
-        else:
-            ab = _shared_conv(v, bank, self.precision, native)  # (..., c, dd [+ dv])
+        ab = _shared_conv(v, bank, self.precision, form)  # (..., c, dd [+ dv])
         a_hat = ab[..., :d.dd]  # Â[c, d]
         if g is None:
             f = tr(a_hat)  # F[d, e] = Â[e, d]
