@@ -80,6 +80,11 @@ def test_multiscale_crop_matches_official_tables():
     assert boxes == expected  # every official crop is drawn, nothing else
     # Full-height crops have h_step = 0, so their 13 offsets collapse to 5.
     assert len(expected) == 114
+    # A config's narrower scale set draws only its own sizes, all of them.
+    sizes = {(x1 - x0, y1 - y0) for x0, y0, x1, y1 in (
+        transforms.sample_multiscale_box(240, 320, 224, rng, (1.0, 0.875))
+        for _ in range(500))}
+    assert sizes == {(240, 240), (210, 240), (240, 210), (210, 210)}
 
 
 def test_flip_exempt_classes_from_label_text():

@@ -92,6 +92,7 @@ class ClipSpec:
     num_clips: int = 1
     num_crops: int = 1
     uint8_output: bool = False
+    crop_scales: tuple[float, ...] = transforms.SCALES
 
 
 def _finish(clip: np.ndarray, uint8_output: bool) -> np.ndarray:
@@ -141,7 +142,8 @@ class TrainTransform(grain.transforms.RandomMap):
                                      rng)
         frames, label = self.loader.load(record, index, idx)
         h, w = frames[0].shape[:2]
-        box = transforms.sample_multiscale_box(h, w, spec.image_size, rng)
+        box = transforms.sample_multiscale_box(h, w, spec.image_size, rng,
+                                               spec.crop_scales)
         flip = (spec.flip and label not in spec.flip_exempt
                 and rng.random() < 0.5)
         video = transforms.augment(frames, box, spec.image_size, flip,
@@ -245,7 +247,8 @@ def create_iterator(data_cfg: Any, *, split: str, mode: str,
         flip_exempt=transforms.flip_exempt_classes(names),
         num_clips=data_cfg.get('test_num_clips', 1),
         num_crops=data_cfg.get('test_num_crops', 1),
-        uint8_output=data_cfg.get('uint8_output', False))
+        uint8_output=data_cfg.get('uint8_output', False),
+        crop_scales=tuple(data_cfg.get('crop_scales') or transforms.SCALES))
     loader = ClipLoader(source, spec)
 
     if mode == 'train':

@@ -68,9 +68,10 @@ def fixed_offsets(height: int, width: int, crop_w: int,
 
 
 def sample_multiscale_box(height: int, width: int, out_size: int,
-                          rng: np.random.Generator) -> tuple[int, int, int, int]:
+                          rng: np.random.Generator,
+                          scales: Sequence[float] = SCALES) -> tuple[int, int, int, int]:
     """Draws an official multi-scale crop; returns PIL box (x0, y0, x1, y1)."""
-    pairs = crop_sizes(height, width, out_size)
+    pairs = crop_sizes(height, width, out_size, scales)
     w, h = pairs[rng.integers(len(pairs))]
     offsets = fixed_offsets(height, width, w, h)
     x, y = offsets[rng.integers(len(offsets))]
