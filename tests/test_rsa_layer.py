@@ -19,9 +19,10 @@ from tests.rsa_fixtures import FIXTURE_DIR, LAYER_FIXTURES, load_layer_fixture, 
 
 IMPLS = ("conv", "patches")
 # conv_strategy 'native' (lax 3-D convs) is the accelerator path; check it on CPU too.
-# 'taps2d' evaluates the shared H2/G convolution in one of three forms chosen by frame
-# size ('taps', 'row', 'frame'); each is forced here on every fixture.
-VARIANTS = [("conv", "taps2d-taps"), ("conv", "taps2d-row"), ("conv", "taps2d-frame"),
+# 'taps2d' is convolutions only; 'auto' on CPU evaluates the shared H2/G convolution in
+# one of three forms chosen by frame size ('taps', 'row', 'frame'): each is forced here
+# on every fixture.
+VARIANTS = [("conv", "taps2d"), ("conv", "auto-row"), ("conv", "auto-frame"),
             ("conv", "native"), ("patches", "auto")]
 
 
@@ -205,7 +206,7 @@ def test_wide_layer_im2col_path_matches_native_conv():
     """dk > 32 takes the im2col path for H1 on CPU; it must equal lax's grouped conv."""
     x = jax.random.normal(jax.random.key(0), (1, 3, 5, 5, 80))
     outs = []
-    for strategy in ("taps2d", "native"):
+    for strategy in ("auto", "native"):
         layer = RSA(features=80, num_heads=2, kernel_size=(3, 3, 3), conv_strategy=strategy,
                     precision=jax.lax.Precision.HIGHEST)
         params = layer.init(jax.random.key(1), x)["params"]

@@ -30,7 +30,6 @@ the official ``rearrange`` produces; official checkpoints depend on it.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import functools
 from typing import Any, Literal, Sequence
@@ -155,21 +154,6 @@ def _band(n: int, k: int):
     return np.clip(d, 0, k - 1), (d >= 0) & (d < k)
 
 
-_FORCE_TAPS = [False]  # set by `taps_form_only` (fvcore-style op counting)
-
-
-@contextlib.contextmanager
-def taps_form_only():
-    """Traces the CPU path with the shared conv as a convolution on every frame size,
-    i.e. the graph of the official layer (no banded matrices, whose zero entries
-    would count as multiply-adds)."""
-    _FORCE_TAPS[0] = True
-    try:
-        yield
-    finally:
-        _FORCE_TAPS[0] = False
-
-
 def _shared_conv_form(h: int, w: int, kernel_size: Sequence[int]) -> str:
     """How the CPU path evaluates the shared H2/G convolution on h×w frames.
 
@@ -181,8 +165,6 @@ def _shared_conv_form(h: int, w: int, kernel_size: Sequence[int]) -> str:
     kernel: 7×7 frames 117 -> 27 ms ('frame'), 14×14 116 -> 60 ms ('row');
     at 28×28 and above the convolution is faster.
     """
-    if _FORCE_TAPS[0]:
-        return "taps"
     if h * w <= kernel_size[1] * kernel_size[2]:
         return "frame"
     return "row" if w <= 2 * kernel_size[2] else "taps"
@@ -320,8 +302,10 @@ class RSA(nn.Module):
         (lax 3-D convolution), 'taps2d' (temporal taps folded into channels of a
         2-D convolution, the grouped H1 as one such convolution per group, or an
         im2col matmul above 32 groups; XLA:CPU's 3-D and grouped convolutions
-        are an order of magnitude slower), or 'auto' = taps2d on CPU, native
-        elsewhere.
+        are an order of magnitude slower; no other forms, so a traced graph has
+        the official layer's multiply-adds), or 'auto' = native on GPU/TPU and
+        on CPU taps2d where the shared H2/G convolution becomes a banded-matrix
+        matmul on small frames (`_shared_conv_form`).
       dtype: compute dtype (None = input dtype); param_dtype: parameter dtype.
       precision: matmul/conv precision (use 'highest' for fixture parity on TPU/GPU).
     """
@@ -417,7 +401,12 @@ class RSA(nn.Module):
         # Every value channel is filtered by the shared single-channel banks H2 (dd
         # filters, Â) and G (dv filters, Ĝ): one fused convolution.
         bank = h2 if g is None else jnp.concatenate([h2, g], axis=-1)
-        form = "native" if native else _shared_conv_form(v.shape[2], v.shape[3], ks)
+        if native:
+            form = "native"
+        elif self.conv_strategy == "auto":
+            form = _shared_conv_form(v.shape[2], v.shape[3], ks)
+        else:  # 'taps2d': convolutions only, the official layer's graph
+            form = "taps"
         ab = _shared_conv(v, bank, self.precision, form)  # (..., c, dd [+ dv])
         a_hat = ab[..., :d.dd]  # Â[c, d]
         if g is None:

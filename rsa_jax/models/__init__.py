@@ -18,7 +18,7 @@ __all__ = ["ResNetTSN", "build_model", "model_stats", "default_model_config",
            "survival_probs", "STAGE_BLOCKS", "BACKBONES"]
 
 _RSA_FIELDS = ("num_heads", "kernel_size", "kernel_type", "context_type", "implementation",
-               "key_dim", "value_dim", "latent_dim")
+               "key_dim", "value_dim", "latent_dim", "conv_strategy")
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
 
@@ -142,7 +142,8 @@ def model_stats(model_cfg: Any, num_frames: int, image_size: int = 224) -> dict:
     if isinstance(cost, (list, tuple)):
         cost = cost[0]
     flops = float(cost["flops"])
-    with rsa_layer.taps_form_only():
-        jaxpr = jax.make_jaxpr(lambda v, x: model.apply(v, x, train=False))(variables, x)
+    # fvcore counts the official graph: convolutions only, no banded matrices' zeros.
+    conv_only = model.clone(rsa=tuple(dict(model.rsa, conv_strategy="taps2d").items()))
+    jaxpr = jax.make_jaxpr(lambda v, x: conv_only.apply(v, x, train=False))(variables, x)
     return {"params": count_params(variables["params"]), "flops": flops, "macs": flops / 2,
             "fvcore_macs": _jaxpr_macs(jaxpr.jaxpr)}
