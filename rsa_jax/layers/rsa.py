@@ -170,25 +170,12 @@ def _shared_conv_form(h: int, w: int, kernel_size: Sequence[int]) -> str:
     return "row" if w <= 2 * kernel_size[2] else "taps"
 
 
-def _shared_conv(v, bank, precision, form):
-    """Applies one single-channel filter bank to every channel of v.
-
-    v (B,T,H,W,C), bank (kT,kH,kW,1,F) -> (B,T,H,W,C,F).  Channels move into the
-    batch so that one ungrouped operation serves them all: a lax 3-D convolution
-    ('native'), a 2-D convolution over the temporal taps ('taps'), or one matmul
-    with a banded weight matrix ('frame' / 'row', see `_shared_conv_form`).
-    """
-    b, t, h, w, c = v.shape
-    kt, kh, kw = bank.shape[:3]
-    vb = jnp.moveaxis(v, -1, 1).reshape(b * c, t, h, w)
-    if form == "native":
-        out = _conv3d_native(vb[..., None], bank, precision)
-        return jnp.moveaxis(out.reshape(b, c, t, h, w, -1), 1, 4)
-    bank = bank[:, :, :, 0]
-    taps = _temporal_taps(vb, kt)
-    if form == "taps":
-        out = _conv2d_taps(taps, bank, precision)
-        return jnp.moveaxis(out.reshape(b, c, t, h, w, -1), 1, 4)
+def _banded_matmul(taps, bank, precision, form):
+    """The 'same' 2-D convolution of `taps` (N, H, W, kT) with `bank` (kT, kH, kW, F) as
+    one matmul with a banded weight matrix: over whole frames ('frame') or over the W
+    axis of kH stacked row offsets ('row').  Returns (N·H·W, F)."""
+    _, h, w, kt = taps.shape
+    kh, kw = bank.shape[1:3]
     iw, okw = _band(w, kw)
     zero = jnp.zeros((), bank.dtype)
     if form == "frame":  # mat[(qh, qw, a), (ph, pw, f)] = bank[a, qh-ph+kh//2, qw-pw+kw//2, f]
@@ -203,7 +190,25 @@ def _shared_conv(v, bank, precision, form):
         tp = jnp.pad(taps, ((0, 0), (kh // 2, kh // 2), (0, 0), (0, 0)))
         rows = jnp.stack([tp[:, i:i + h] for i in range(kh)], axis=2)  # (N, H, kH, W, kT)
         rows = rows.reshape(-1, kh * w * kt)
-    out = jnp.dot(rows, mat.reshape(rows.shape[1], -1), precision=precision)
+    return jnp.dot(rows, mat.reshape(rows.shape[1], -1), precision=precision)
+
+
+def _shared_conv(v, bank, precision, form):
+    """Applies one single-channel filter bank to every channel of v.
+
+    v (B,T,H,W,C), bank (kT,kH,kW,1,F) -> (B,T,H,W,C,F).  Channels move into the
+    batch so that one ungrouped operation serves them all: a lax 3-D convolution
+    ('native'), a 2-D convolution over the temporal taps ('taps'), or one matmul
+    with a banded weight matrix ('frame' / 'row', see `_shared_conv_form`).
+    """
+    b, t, h, w, c = v.shape
+    vb = jnp.moveaxis(v, -1, 1).reshape(b * c, t, h, w)
+    if form == "native":
+        out = _conv3d_native(vb[..., None], bank, precision)
+    else:
+        taps, bank2d = _temporal_taps(vb, bank.shape[0]), bank[:, :, :, 0]
+        out = (_conv2d_taps(taps, bank2d, precision) if form == "taps"
+               else _banded_matmul(taps, bank2d, precision, form))
     return jnp.moveaxis(out.reshape(b, c, t, h, w, -1), 1, 4)
 
 

@@ -10,7 +10,6 @@ import jax.numpy as jnp
 from jax.extend import core as jax_core
 import numpy as np
 
-from rsa_jax.layers import rsa as rsa_layer
 from rsa_jax.models.resnet_tsn import (BACKBONES, STAGE_BLOCKS, ResNetTSN, msra_fan_out,
                                        survival_probs)
 
