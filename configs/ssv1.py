@@ -1,10 +1,11 @@
-"""RSANet-R50 on Something-Something V1: the official recipe (rsa-method.md §4).
+"""RSANet-R50 on Something-Something V1: the official recipe (docs/training.md).
 
     python -m rsa_jax.main --config configs/ssv1.py --workdir DIR        # 16 frames
     python -m rsa_jax.main --config configs/ssv1.py:8 --workdir DIR      # 8 frames
 
 Logged run (16 frames, 80 epochs, dropout 0.5): 53.99 / 81.14 top-1 / top-5, 1 clip ×
-1 centre crop (§6.4). Everything not set here is the SSv2 recipe (`configs/ssv2.py`).
+1 centre crop (docs/method.md#paper-results). Everything not set here is the SSv2 recipe
+(`configs/ssv2.py`), ImageNet init and the official flip ids included.
 """
 
 import ml_collections
@@ -15,7 +16,8 @@ from configs import ssv2
 def get_config(arg: str = "16") -> ml_collections.ConfigDict:
     c = ssv2.get_config(arg)
     c.data.name = "something_something_v1"
-    c.data.builder_config = "default"      # JPEG frame folders + CSV (README "Data")
+    c.data.builder_config = "default"      # JPEG frame folders + CSV (docs/data.md#datasets)
+    c.data.flip_exempt_classes = ssv2.SS_FLIP_EXEMPT   # one list for SSv1 and SSv2 (official)
     c.train_split = "train"                # 86,017 videos (1345 it/epoch at batch 64)
     c.eval_split = "validation"            # 11,522 videos
     c.model.dropout = 0.5                  # logged run behind the released ckpt (script: 0.3)

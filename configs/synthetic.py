@@ -12,6 +12,7 @@ Measured: see README, "CPU demo".
 """
 
 import ml_collections
+from ml_collections import config_dict
 
 
 def get_config(arg: str = "rsa") -> ml_collections.ConfigDict:
@@ -21,16 +22,17 @@ def get_config(arg: str = "rsa") -> ml_collections.ConfigDict:
     c.data = ml_collections.ConfigDict()
     c.data.name = "synthetic_motion"
     c.data.builder_config = "default"      # 1536 train / 384 val clips, 16 frames of 64×80
-    c.data.data_dir = None
-    c.data.manual_dir = None
+    c.data.data_dir = config_dict.placeholder(str)     # None: ~/tensorflow_datasets
+    c.data.manual_dir = config_dict.placeholder(str)   # unused: generated from its seed
     c.data.num_frames = 8
     c.data.image_size = 48                 # at 32² the motion is 1-2 px/frame: 47-49 % top-1
     c.data.flip = True                     # left/right classes are exempt (by name)
+    c.data.flip_exempt_classes = config_dict.placeholder(tuple)   # None: from class names
     # Official scales are (1, .875, .75, .66); the 2 smallest crop moving objects out
     # of view often enough to stall learning (8 clips at 30 epochs: 64 % val top-1).
     c.data.crop_scales = (1.0, 0.875)
-    c.data.test_num_clips = 2
-    c.data.test_num_crops = 3
+    c.data.test_num_clips = 2              # --mode test: as the paper configs (docs/training.md#evaluation)
+    c.data.test_num_crops = 1
     c.data.num_workers = 0                 # 2 shared cores: decode in threads
     c.data.num_threads = 2
     c.data.prefetch = 2
@@ -51,7 +53,7 @@ def get_config(arg: str = "rsa") -> ml_collections.ConfigDict:
     c.model.bn_momentum = 0.9
     c.model.bn_eps = 1e-5
 
-    # Recipe of rsa-method.md §4 at a CPU scale; lr raised for a 30-epoch run.
+    # The paper recipe (docs/training.md) at a CPU scale; lr raised for a 30-epoch run.
     c.global_batch_size = 16
     c.learning_rate = 0.1
     c.num_epochs = 30
@@ -70,8 +72,9 @@ def get_config(arg: str = "rsa") -> ml_collections.ConfigDict:
     c.mesh_shape = {"data": -1}
     c.partition_rules = []
     c.fsdp_min_size = 0
-    c.init_from = None
-    c.torchvision_init = None
+    c.init_from = config_dict.placeholder(str)
+    c.torchvision_init = config_dict.placeholder(str)
+    c.from_scratch = True                  # the demo net has no ImageNet counterpart
 
     c.log_every_steps = 96
     c.eval_every_epochs = 10

@@ -30,7 +30,7 @@ class _FixedRng:
         return self.values
 
 
-# Official (1-based) indices worked out by hand from §4.4, minus one.
+# Official (1-based) indices worked out by hand from docs/data.md#pipeline, minus one.
 def test_eval_indices_hand_checked():
     # tick = 50/8 = 6.25: int(3.125 + 6.25 i) + 1 = 4 10 16 22 29 35 41 47
     assert sampling.eval_indices(50, 8).tolist() == [3, 9, 15, 21, 28, 34, 40, 46]

@@ -1,6 +1,6 @@
 """Input pipeline: `tfds` ArrayRecord data source → grain → batches of clips.
 
-One video becomes one example (shared/docs/rsa-method.md §4.4):
+One video becomes one example (docs/data.md#pipeline):
 
 - train: per-host disjoint shard → seeded shuffle (reshuffled every epoch) →
   repeat → TSN sampling with a random offset per segment → decode only the

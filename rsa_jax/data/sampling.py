@@ -1,11 +1,11 @@
 """TSN segment sampling: which frames of a video make up a clip.
 
 Mirrors the official `TSNDataSet` (mode 1, `new_length=1`) index rules
-(shared/docs/rsa-method.md §4.4). The official code returns 1-based frame
+(docs/data.md#pipeline). The official code returns 1-based frame
 numbers (`img_{:05d}.jpg`); these functions return **0-based** positions into
 the stored frame list, i.e. official index − 1.
 
-Quirks kept on purpose so numbers match the official pipeline (§7.13):
+Quirks kept on purpose so numbers match the official pipeline (docs/method.md#quirks):
 - train with fewer than T frames repeats the first frame T times;
 - eval with T frames *or fewer* also repeats the first frame.
 """
@@ -46,7 +46,7 @@ def test_indices(num_frames: int, num_segments: int, clip: int,
     Clip c reads offset tick·(c + 0.5)/K inside each segment, so K = 1 is
     exactly the centre rule of `eval_indices`, and K = 2 gives the quarter and
     three-quarter points (the usual TSN reading of the paper's "2 clips";
-    the official code has no multi-clip test, §5).
+    the official code has no multi-clip test, docs/training.md#evaluation).
     """
     if not 0 <= clip < num_clips:
         raise ValueError(f'clip {clip} out of range for num_clips={num_clips}')

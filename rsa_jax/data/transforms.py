@@ -1,6 +1,6 @@
 """Spatial augmentation for clips of uint8 frames `(T, H, W, 3)`.
 
-Follows the official TSN transforms (shared/docs/rsa-method.md §4.4):
+Follows the official TSN transforms (docs/data.md#pipeline):
 `GroupMultiScaleCrop(fix_crop, more_fix_crop)` → resize, label-aware
 `GroupRandomHorizontalFlip`, ImageNet normalisation; `GroupCenterCrop` for
 evaluation and the three `GroupFullResSample` crops for testing.
