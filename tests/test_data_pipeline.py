@@ -1,7 +1,10 @@
 """Sampling, augmentation and the grain pipeline on the tiny synthetic set."""
 
 import json
+import os
+from unittest import mock
 
+import ml_collections
 import numpy as np
 import pytest
 
@@ -96,6 +99,67 @@ def test_flip_exempt_classes_from_label_text():
              'Pushing something from left to right', 'Showing a bright light',
              'Putting something upright on the table', 'Left turn', 'RIGHT']
     assert transforms.flip_exempt_classes(names) == {1, 2, 4, 5, 6, 9, 10}
+
+
+def test_ssv2_names_give_the_official_flip_ids():
+    """The name rule on the 174 real SSv2 class names (alphabetical, as labels.json
+    sorted) yields exactly the official no-flip list, which the configs set."""
+    from configs import ssv1, ssv2
+    path = os.path.join(os.path.dirname(__file__), 'data', 'ssv2_labels.json')
+    with open(path, encoding='utf-8') as f:
+        names = json.load(f)
+    assert len(set(names)) == 174 and names == sorted(names)
+    official = (86, 87, 93, 94, 166, 167)
+    assert sorted(transforms.flip_exempt_classes(names)) == list(official)
+    # Class 50 says "pulling it right out" and is flipped by the official code.
+    assert 'right out' in names[50] and 50 not in transforms.flip_exempt_classes(names)
+    for config in (ssv2, ssv1):
+        assert tuple(config.get_config().data.flip_exempt_classes) == official
+
+
+def _flip_cfg(**kw):
+    return ml_collections.ConfigDict({'name': 'video_list', 'flip': True,
+                                      'flip_exempt_classes': None, **kw})
+
+
+def test_flip_exempt_ids_explicit_derived_and_warnings():
+    placeholders = [f'class_{i}' for i in range(5)]
+    named = ['Holding something', 'Pulling something from left to right',
+             'Pushing something from right to left']
+    with mock.patch.object(pipeline.logging, 'warning') as warn:
+        # Placeholder names, flipping on, no list: nothing is exempt, and it says so.
+        assert pipeline.flip_exempt_ids(_flip_cfg(), placeholders) == frozenset()
+        assert warn.call_count == 1
+        assert 'data.flip_exempt_classes' in warn.call_args[0][0] % warn.call_args[0][1:]
+        warn.reset_mock()
+        assert pipeline.flip_exempt_ids(_flip_cfg(flip_exempt_classes=(3, 1)),
+                                        placeholders) == {1, 3}
+        cfg = _flip_cfg()
+        cfg.flip = False
+        assert pipeline.flip_exempt_ids(cfg, placeholders) == frozenset()
+        assert pipeline.flip_exempt_ids(_flip_cfg(), named) == {1, 2}
+        assert pipeline.flip_exempt_ids(_flip_cfg(flip_exempt_classes=(1, 2)), named) == {1, 2}
+        assert warn.call_count == 0
+        # Ids that do not match the names that say left/right: another label order?
+        assert pipeline.flip_exempt_ids(_flip_cfg(flip_exempt_classes=(0,)), named) == {0}
+        assert warn.call_count == 1
+    with pytest.raises(ValueError, match=r'data.flip_exempt_classes: ids \[5\]'):
+        pipeline.flip_exempt_ids(_flip_cfg(flip_exempt_classes=(1, 5)), placeholders)
+
+
+def test_create_iterator_uses_the_explicit_flip_list(data_dir, monkeypatch):
+    specs = []
+    real = pipeline.ClipLoader
+
+    def recording(source, spec):
+        specs.append(spec)
+        return real(source, spec)
+
+    monkeypatch.setattr(pipeline, 'ClipLoader', recording)
+    for exempt, expected in ((None, {0, 1}), ((4, 5), {4, 5})):
+        cfg = dh.synthetic_cfg(data_dir, flip_exempt_classes=exempt)
+        pipeline.create_iterator(cfg, split='train', mode='train', global_batch_size=4)
+        assert specs[-1].flip_exempt == expected
 
 
 def test_normalize_and_flip():

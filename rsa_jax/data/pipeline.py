@@ -5,7 +5,8 @@ One video becomes one example (docs/data.md#pipeline):
 - train: per-host disjoint shard → seeded shuffle (reshuffled every epoch) →
   repeat → TSN sampling with a random offset per segment → decode only the
   sampled frames → official multi-scale crop resized to `image_size` →
-  horizontal flip with p = 0.5 except for classes whose name says left/right
+  horizontal flip with p = 0.5 except for the classes of
+  `data.flip_exempt_classes` (default: those whose name says left/right)
   → ImageNet normalisation → batch (remainder dropped);
 - eval: centre frame of each segment, centre crop; one pass, every video
   exactly once across hosts, padded to full batches with `mask` = 0;
@@ -27,7 +28,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from absl import flags
+from absl import flags, logging
 import grain
 import numpy as np
 import tensorflow_datasets as tfds
@@ -78,6 +79,40 @@ def num_examples(data_cfg: Any, split: str, data_dir: str | None = None) -> int:
 def class_names(data_cfg: Any, data_dir: str | None = None) -> list[str]:
     """Class names indexed by label id."""
     return list(_prepared(data_cfg, data_dir).info.features['label'].names)
+
+
+def flip_exempt_ids(data_cfg: Any, names: list[str]) -> frozenset[int]:
+    """Class ids never flipped: `data_cfg.flip_exempt_classes`, or derived from names.
+
+    The official code lists the ids (86, 87, 93, 94, 166, 167 for
+    Something-Something, docs/data.md#pipeline); names are only a fallback, and
+    a `video_list` dataset without `classes.txt` has placeholder names that say
+    nothing about direction, so flipping it without explicit ids is warned about.
+    """
+    explicit = data_cfg.get('flip_exempt_classes')
+    flip = data_cfg.get('flip', True)
+    derived = transforms.flip_exempt_classes(names)
+    if explicit is None:
+        if flip and transforms.placeholder_names(names):
+            logging.warning(
+                '%s: flipping is on but the class names are placeholders (%s, ...), so no '
+                'left/right class can be found by name; set data.flip_exempt_classes '
+                '(e.g. --config.data.flip_exempt_classes="(86, 87, 93, 94, 166, 167)" for '
+                "Something-Something's official order) or data.flip=False",
+                data_cfg.name, names[0] if names else '')
+        return derived
+    ids = frozenset(int(i) for i in explicit)
+    out = sorted(i for i in ids if not 0 <= i < len(names))
+    if out:
+        raise ValueError(f'data.flip_exempt_classes: ids {out} are not classes of '
+                         f'{data_cfg.name} (0..{len(names) - 1})')
+    if flip and ids != derived and not transforms.placeholder_names(names):
+        # Real names that disagree with the ids usually mean another label order.
+        logging.warning(
+            '%s: data.flip_exempt_classes %s name %s, but the classes naming '
+            'left/right are %s; check the label order',
+            data_cfg.name, sorted(ids), [names[i] for i in sorted(ids)], sorted(derived))
+    return ids
 
 
 @dataclasses.dataclass(frozen=True)
@@ -244,7 +279,7 @@ def create_iterator(data_cfg: Any, *, split: str, mode: str,
         num_frames=data_cfg.num_frames, image_size=data_cfg.image_size,
         height=getattr(cfg, 'height', 240), width=getattr(cfg, 'width', 320),
         flip=data_cfg.get('flip', True),
-        flip_exempt=transforms.flip_exempt_classes(names),
+        flip_exempt=flip_exempt_ids(data_cfg, list(names)),
         num_clips=data_cfg.get('test_num_clips', 1),
         num_crops=data_cfg.get('test_num_crops', 1),
         uint8_output=data_cfg.get('uint8_output', False),

@@ -44,6 +44,8 @@ _NORMALIZE_LUT_CV = np.ascontiguousarray(_NORMALIZE_LUT.T[None])
 # so these adverbial uses do not count.
 _DIRECTION_RE = re.compile(
     r'\b(left|right)\b(?!\s+(out|away|after|now)\b)', re.IGNORECASE)
+# Names the video_list builder gives when the dataset has no classes.txt.
+_PLACEHOLDER_RE = re.compile(r'class_\d+')
 
 
 def crop_sizes(height: int, width: int, out_size: int,
@@ -201,6 +203,11 @@ def augment(frames: Sequence[np.ndarray] | np.ndarray,
 def mentions_left_right(name: str) -> bool:
     """True when a class name uses "left" or "right" as a direction."""
     return _DIRECTION_RE.search(name) is not None
+
+
+def placeholder_names(names: Sequence[str]) -> bool:
+    """True when class names are generated stand-ins (`class_0`, `class_1`, ...)."""
+    return bool(names) and all(_PLACEHOLDER_RE.fullmatch(n) for n in names)
 
 
 def flip_exempt_classes(names: Sequence[str]) -> frozenset[int]:
