@@ -295,6 +295,24 @@ def test_test_mode_views(data_dir):
         np.testing.assert_allclose(b['video'][1, 3 + k], want, rtol=1e-6)
 
 
+def test_default_test_views_two_clips_one_centre_crop(data_dir):
+    """Every config tests 2 clips (1/4 and 3/4 of each segment) x 1 centre crop."""
+    from configs import diving48, finegym, ssv1, ssv2, synthetic
+    for config in (ssv2, ssv1, diving48, finegym, synthetic):
+        c = config.get_config().data
+        assert (c.test_num_clips, c.test_num_crops) == (2, 1), config.__name__
+    cfg = dh.synthetic_cfg(data_dir, test_num_clips=2, test_num_crops=1)
+    b = next(data.create_iterator(cfg, split='validation', mode='test',
+                                  global_batch_size=2))
+    assert b['video'].shape == (2, 2, 4, 28, 28, 3)
+    rec = pipeline._builder(cfg).as_data_source('validation')[int(b['index'][0])]
+    for clip, positions in enumerate(([0, 2, 4, 6], [1, 3, 5, 7])):  # 8 frames, 4 segments
+        assert sampling.test_indices(8, 4, clip, 2).tolist() == positions
+        frames = np.stack([data.decode.decode_jpeg(rec['frames'][i]) for i in positions])
+        want = transforms.normalize(frames[:, 2:30, 6:34])  # 32×40 → 28 centre
+        np.testing.assert_allclose(b['video'][0, clip], want, rtol=1e-6)
+
+
 def test_uint8_output_is_the_unnormalised_clip(data_dir):
     kw = dict(split='validation', mode='eval', global_batch_size=4)
     f32 = next(data.create_iterator(dh.synthetic_cfg(data_dir), **kw))
