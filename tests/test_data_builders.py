@@ -1,14 +1,18 @@
 """Each builder built from real raw files, then read through the pipeline."""
 
+import io
 import json
 import os
+import pathlib
 
+import data_helpers as dh
 import ml_collections
 import numpy as np
 import pytest
+import simplejpeg
 import tensorflow_datasets as tfds
+from PIL import Image
 
-import data_helpers as dh
 from rsa_jax import data
 from rsa_jax.data import builders, decode, transforms
 from rsa_jax.data.builders import synthetic_motion
@@ -122,7 +126,7 @@ def test_something_something_v1(tmp_path):
     recs = _records(builder, 'train')
     assert (recs['7']['num_frames'], recs['7']['label']) == (11, 0)
     assert (recs['8']['num_frames'], recs['8']['label']) == (5, 1)
-    _check_frames(recs['7'])
+    _check_frames(recs['7'], 48, 64)  # the raw 48×64 JPEGs, kept as they are
     b = next(data.create_iterator(cfg, split='train', mode='train',
                                   global_batch_size=2))
     assert b['video'].shape == (2, 4, 224, 224, 3)
@@ -188,7 +192,7 @@ def test_video_list(tmp_path):
     assert data.class_names(cfg) == ['class_0', 'class_1', 'class_2']
     recs = _records(builder, 'train')
     assert (recs['frames/v1']['label'], recs['frames/v1']['num_frames']) == (2, 10)
-    _check_frames(recs['frames/v1'])
+    _check_frames(recs['frames/v1'], 48, 64)
     by_index = {0: 'class_1'}
     _check_batch(cfg, 'validation', by_index, batch=1)
 
@@ -222,3 +226,51 @@ def test_synthetic_builds(tmp_path):
     r = builder.as_data_source('validation')[0]
     assert decode.decode_jpeg(r['frames'][0]).shape == (32, 40, 3)
     assert tfds.builder('synthetic_motion/tiny', data_dir=str(tmp_path)).is_prepared()
+
+
+def _texture_jpegs(folder, n, height, width):
+    """Smooth random textures (JPEG artefacts and resampling both show on them)."""
+    os.makedirs(folder)
+    rng = np.random.default_rng(height)
+    for t in range(n):
+        small = rng.integers(0, 256, (height // 8, width // 8, 3), dtype=np.uint8)
+        frame = np.asarray(Image.fromarray(small).resize((width, height), Image.BICUBIC))
+        with open(os.path.join(folder, f'img_{t + 1:05d}.jpg'), 'wb') as f:
+            f.write(simplejpeg.encode_jpeg(np.ascontiguousarray(frame), quality=90))
+    return folder
+
+
+@pytest.mark.parametrize('jpeg_frames', ['auto', 'original', 'resized'])
+def test_jpeg_frame_storage(tmp_path, jpeg_frames):
+    """Frames that only grow (48×64) and frames that shrink (256×400) to 240×320.
+
+    'original' stores the raw bytes and resizes when loading (the official
+    in-memory GroupScale); 'resized' stores a 240×320 re-encode; 'auto' keeps the
+    growing ones and re-encodes the shrinking ones. The loader always hands over
+    240×320 frames."""
+    root = tmp_path / 'raw'
+    small = _texture_jpegs(str(root / 'small'), 3, 48, 64)
+    large = _texture_jpegs(str(root / 'large'), 3, 256, 400)
+    (root / 'train.txt').write_text('small 3 0\nlarge 3 1\n')
+    config = builders.VideoConfig(name=jpeg_frames, jpeg_frames=jpeg_frames)
+    builder = builders.VideoList(config=config, data_dir=str(tmp_path / 'tfds'))
+    builder.download_and_prepare(
+        download_config=tfds.download.DownloadConfig(manual_dir=str(root)))
+    spec = data.pipeline.ClipSpec(num_frames=2, image_size=224, height=240, width=320)
+    loader = data.pipeline.ClipLoader(builder.as_data_source('train'), spec)
+    kept = {'auto': {'small'}, 'original': {'small', 'large'}, 'resized': set()}[jpeg_frames]
+    for index in range(2):
+        record = loader.record(index)
+        folder = {'small': small, 'large': large}[_text(record['video_id'])]
+        raw = [pathlib.Path(folder, f'img_{t:05d}.jpg').read_bytes() for t in (1, 3)]
+        official = [np.asarray(Image.open(io.BytesIO(r)).convert('RGB').resize(
+            (320, 240), Image.BILINEAR)).astype(int) for r in raw]
+        got = loader.load(record, index, np.array([0, 2, 0]))[0]
+        assert got[0] is got[2]  # a frame sampled twice is decoded and resized once
+        dev = max(np.abs(g.astype(int) - o).max() for g, o in zip(got[:2], official))
+        if _text(record['video_id']) in kept:
+            assert [record['frames'][0], record['frames'][2]] == raw
+            assert dev <= 1  # PIL exactly when shrinking, OpenCV ±1 when growing
+        else:
+            assert decode.decode_jpeg(record['frames'][0]).shape == (240, 320, 3)
+            assert dev > 1  # the second JPEG generation shows

@@ -4,11 +4,11 @@ import json
 import os
 from unittest import mock
 
+import data_helpers as dh
 import ml_collections
 import numpy as np
 import pytest
 
-import data_helpers as dh
 from rsa_jax import data
 from rsa_jax.data import pipeline, sampling, transforms
 from rsa_jax.data.builders import synthetic_motion

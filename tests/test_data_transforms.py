@@ -57,6 +57,20 @@ def test_shrinking_axes_are_bit_exact():
                                   _official(frame, box, 224))
 
 
+@pytest.mark.parametrize('h,w', [(100, 176), (240, 427), (256, 455), (300, 200),
+                                 (240, 320)])
+def test_scale_frame_is_group_scale_within_one_level(h, w):
+    """Load-time GroupScale((240, 320)) of stored original frames of any size:
+    within 1 grey level of PIL's resize, and bit-exact when no axis grows."""
+    rng = np.random.default_rng(w)
+    for frame in _worst_frames(rng, h, w):
+        got = transforms.scale_frame(frame, 240, 320)
+        want = np.asarray(Image.fromarray(frame).resize((320, 240), Image.BILINEAR))
+        assert got.shape == (240, 320, 3)
+        assert np.abs(got.astype(int) - want).max() <= (MAX_DEVIATION if h < 240 or w < 320
+                                                        else 0)
+
+
 def test_random_boxes_and_scales_within_one_level():
     rng = np.random.default_rng(2)
     for _ in range(150):

@@ -54,13 +54,29 @@ def decode_jpeg(data: bytes, path: str = '<jpeg>') -> np.ndarray:
         raise BadInputError(path, f'not a decodable JPEG ({e})') from e
 
 
-def jpeg_folder_to_frames(paths: Sequence[str], height: int, width: int,
-                          quality: int = JPEG_QUALITY) -> list[bytes]:
-    """Reads JPEG files, resizes them to height×width, returns JPEG bytes.
+JPEG_FRAMES = ('auto', 'original', 'resized')
 
-    Files already at the target size are stored as they are (no second lossy
-    encode).
+
+def jpeg_folder_to_frames(paths: Sequence[str], height: int, width: int,
+                          quality: int = JPEG_QUALITY,
+                          mode: str = 'auto') -> list[bytes]:
+    """Reads and validates JPEG files; returns the bytes to store.
+
+    The official loader resizes each original JPEG in memory (`GroupScale`).
+    `mode` says where that happens here:
+
+    - 'original': store the files' bytes; the pipeline resizes when loading;
+    - 'resized': resize to height×width now and re-encode at `quality` (a
+      second lossy generation);
+    - 'auto': 'original' for frames no larger than height×width on either axis
+      (loading enlarges them cheaply, within ±1 grey level of PIL), 'resized'
+      for frames with an axis to shrink (PIL's antialiased shrink at load time
+      cost ~40 % of the pipeline's speed; docs/data.md#pipeline).
+
+    Frames already at height×width are stored unchanged in every mode.
     """
+    if mode not in JPEG_FRAMES:
+        raise ValueError(f'jpeg_frames must be one of {JPEG_FRAMES}, got {mode!r}')
     out = []
     for path in paths:
         try:
@@ -68,11 +84,11 @@ def jpeg_folder_to_frames(paths: Sequence[str], height: int, width: int,
                 data = f.read()
         except OSError as e:
             raise BadInputError(path, f'cannot read frame ({e.strerror})') from e
-        frame = decode_jpeg(data, path)
-        if frame.shape[:2] == (height, width):
-            out.append(data)
-        else:
-            out.append(encode_jpeg(resize(frame, height, width), quality))
+        frame = decode_jpeg(data, path)  # a corrupt frame fails the build, not training
+        h, w = frame.shape[:2]
+        keep = (mode == 'original' or (h, w) == (height, width)
+                or (mode == 'auto' and h <= height and w <= width))
+        out.append(data if keep else encode_jpeg(resize(frame, height, width), quality))
     return out
 
 

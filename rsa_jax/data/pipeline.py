@@ -120,7 +120,7 @@ class ClipSpec:
     """What one example should look like; everything the transforms need."""
     num_frames: int
     image_size: int
-    height: int  # stored frame size (used to decode 'video' storage)
+    height: int  # frame size every decoded frame is resized to (GroupScale)
     width: int
     flip: bool = True
     flip_exempt: frozenset[int] = frozenset()
@@ -158,6 +158,14 @@ class ClipLoader:
         name = f'record {index} (video {vid})'
         if 'frames' in record:
             frames = decode.decode_frame_list(record['frames'], indices, name)
+            # Original JPEGs are stored at their own size: the official GroupScale
+            # happens here, once per distinct decoded frame.
+            scaled: dict[int, np.ndarray] = {}
+            for f in frames:
+                if id(f) not in scaled:
+                    scaled[id(f)] = transforms.scale_frame(f, self.spec.height,
+                                                           self.spec.width)
+            frames = [scaled[id(f)] for f in frames]
         else:
             frames = decode.decode_video_frame_list(
                 record['video'], indices, self.spec.height, self.spec.width, name)

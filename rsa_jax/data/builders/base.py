@@ -3,9 +3,13 @@
 Every builder stores, per video: `video_id`, `label` (ClassLabel), `label_name`,
 `num_frames`, and the pixels either as
 
-- `frames`: a list of JPEG bytes, one per frame, resized once to the config's
-  height×width (240×320 by default, the paper's `GroupScale`), so the pipeline
-  decodes only the sampled frames (`storage='jpeg'`, the default); or
+- `frames`: a list of JPEG bytes, one per frame, so the pipeline decodes only
+  the sampled frames (`storage='jpeg'`, the default). Frames decoded from
+  videos are resized once to the config's height×width (240×320 by default,
+  the paper's `GroupScale`) and encoded at `jpeg_quality`; JPEG frames of a
+  frame-folder dataset are kept as they are and resized when loaded, like the
+  official loader, unless they must shrink (`jpeg_frames`, see
+  `decode.jpeg_folder_to_frames`); or
 - `video`: the original compressed file (`storage='video'`), much smaller on
   disk; the pipeline then decodes every frame up to the last sampled one
   (see benchmarks/RESULTS.md "Data" for the speed trade-off).
@@ -57,11 +61,16 @@ class VideoConfig(tfds.core.BuilderConfig):
       storage: 'jpeg' (one JPEG per frame) or 'video' (keep the original file;
         only for datasets whose raw data are videos).
       jpeg_quality: quality of re-encoded frames.
+      jpeg_frames: for JPEG frame folders, 'auto', 'original' (store the
+        files' bytes, resize to height×width when loading: no second lossy
+        generation) or 'resized' (resize and re-encode once here); 'auto' keeps
+        the originals unless an axis must shrink (`decode.jpeg_folder_to_frames`).
     """
     height: int = 240
     width: int = 320
     storage: str = 'jpeg'
     jpeg_quality: int = decode.JPEG_QUALITY
+    jpeg_frames: str = 'auto'
 
 
 def load_json(path: str) -> Any:
@@ -95,7 +104,7 @@ def jpeg_folder_example(paths: Sequence[str], video_id: str, label: int | str,
                         label_name: str, cfg: VideoConfig) -> dict[str, Any]:
     """One example from a folder of JPEG frames (already listed in order)."""
     frames = decode.jpeg_folder_to_frames(paths, cfg.height, cfg.width,
-                                          cfg.jpeg_quality)
+                                          cfg.jpeg_quality, cfg.jpeg_frames)
     return dict(video_id=video_id, label=label, label_name=label_name,
                 num_frames=len(frames), frames=frames)
 

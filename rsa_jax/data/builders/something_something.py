@@ -90,6 +90,11 @@ class SomethingSomethingV2(base.VideoBuilder):
 class SomethingSomethingV1(base.VideoBuilder):
     """Something-Something V1: 108,499 videos as JPEG frame folders, 174 classes."""
 
+    VERSION = tfds.core.Version('1.1.0')
+    RELEASE_NOTES = {'1.0.0': 'Frames resized to 240×320 and re-encoded (JPEG q90).',
+                     '1.1.0': 'Original JPEG frames kept unless they must shrink; '
+                               'resized when loaded.'}
+
     HOMEPAGE = 'https://developer.qualcomm.com/software/ai-datasets/something-something'
     MANUAL_DOWNLOAD_INSTRUCTIONS = """\
     Download "20BN-Something-Something V1" (frames, split in parts; `cat` them

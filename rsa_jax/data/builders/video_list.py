@@ -19,6 +19,11 @@ SPLIT_FILES = {'train': 'train.txt', 'validation': 'val.txt', 'test': 'test.txt'
 class VideoList(base.VideoBuilder):
     """Frame folders listed as `<frame_dir> <num_frames> <label>` (official format)."""
 
+    VERSION = tfds.core.Version('1.1.0')
+    RELEASE_NOTES = {'1.0.0': 'Frames resized to 240×320 and re-encoded (JPEG q90).',
+                     '1.1.0': 'Original JPEG frames kept unless they must shrink; '
+                               'resized when loaded.'}
+
     MANUAL_DOWNLOAD_INSTRUCTIONS = """\
     Extract frames as <frame_dir>/img_00001.jpg, img_00002.jpg, ... (1-based)
     and put in manual_dir:
