@@ -27,7 +27,8 @@ from ml_collections import config_flags
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _MODULE_RE = re.compile(r'python3?\s+-m\s+(rsa_jax[\w.]*)')
-_OVERRIDE_RE = re.compile(r'--config\.([A-Za-z_][\w.]*)=([^\s`|\'"\\]+)')
+_OVERRIDE_RE = re.compile(
+    r'--config\.([A-Za-z_][\w.]*)=("[^"]*"|\'[^\']*\'|[^\s`|\'"\\]+)')
 _STOP = {'&&', '||', ';', '|', '>', '>>', '&', '<', ')'}
 # Configs a prose override must parse against (at least one of them).
 _PROSE_CONFIGS = ('configs/ssv2.py', 'configs/synthetic.py')
@@ -177,7 +178,9 @@ def _prose_overrides() -> list[tuple[str, str]]:
         with open(path, encoding='utf-8') as f:
             for i, line in enumerate(f, 1):
                 for m in _OVERRIDE_RE.finditer(line):
-                    found.append((f'{os.path.relpath(path, ROOT)}:{i}', m.group(0)))
+                    value = m.group(2).strip('\'"')  # the shell removes the quotes
+                    found.append((f'{os.path.relpath(path, ROOT)}:{i}',
+                                  f'--config.{m.group(1)}={value}'))
     return found
 
 
