@@ -287,7 +287,9 @@ def create_iterator(data_cfg: Any, *, split: str, mode: str,
         num_frames=data_cfg.num_frames, image_size=data_cfg.image_size,
         height=getattr(cfg, 'height', 240), width=getattr(cfg, 'width', 320),
         flip=data_cfg.get('flip', True),
-        flip_exempt=flip_exempt_ids(data_cfg, list(names)),
+        # Only training flips (and warns about the list).
+        flip_exempt=(flip_exempt_ids(data_cfg, list(names)) if mode == 'train'
+                     else frozenset()),
         num_clips=data_cfg.get('test_num_clips', 1),
         num_crops=data_cfg.get('test_num_crops', 1),
         uint8_output=data_cfg.get('uint8_output', False),
