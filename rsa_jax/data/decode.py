@@ -71,7 +71,7 @@ def jpeg_folder_to_frames(paths: Sequence[str], height: int, width: int,
     - 'auto': 'original' for frames no larger than height×width on either axis
       (loading enlarges them cheaply, within ±1 grey level of PIL), 'resized'
       for frames with an axis to shrink (PIL's antialiased shrink at load time
-      cost ~40 % of the pipeline's speed; docs/data.md#pipeline).
+      cost 41-45 % of the pipeline's speed; docs/data.md#pipeline).
 
     Frames already at height×width are stored unchanged in every mode.
     """
