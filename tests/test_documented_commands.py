@@ -228,6 +228,8 @@ def test_paths_override_and_defaults_stay_none(monkeypatch):
         cfg = parse_main([f'--config={config}', '--workdir=/w']).config
         assert all(cfg[p.split('.')[0]][p.split('.')[1]] is None if '.' in p
                    else cfg[p] is None for p in paths), config
+        # Paper configs need ImageNet weights unless told otherwise; the demo does not.
+        assert cfg.from_scratch is config.startswith('configs/synthetic.py'), config
         cfg = parse_main([f'--config={config}', '--workdir=/w', '--config.from_scratch=True',
                           '--config.data.flip_exempt_classes=(3, 4)',
                           *[f'--config.{p}=/x/{p}' for p in paths]]).config
