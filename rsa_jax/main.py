@@ -64,6 +64,7 @@ def main(argv):
     parallel.initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes,
                                     FLAGS.process_id)
     import jax
+
     from rsa_jax import validate
     from rsa_jax.data.builders import BadInputError, EmptySplitError
     config, workdir = FLAGS.config, FLAGS.workdir

@@ -15,7 +15,8 @@ import importlib.util
 import json
 import os
 import textwrap
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 DONE_FILE = "DONE.json"
 TORCHVISION_URL = "https://download.pytorch.org/models/resnet50-19c8e357.pth"
