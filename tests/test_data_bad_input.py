@@ -60,7 +60,7 @@ def test_missing_frames_in_folder(tmp_path):
     dh.write_jpegs(str(root / 'f' / 'ok'), 6, 'img_{:05d}.jpg')
     dh.write_jpegs(str(root / 'f' / 'gap'), 6, 'img_{:05d}.jpg', skip=(4,))
     (root / 'train.txt').write_text('f/ok 6 0\nf/gap 6 1\nf/none 3 1\n'
-                                    'f/ok 6 7\nf/ok six 1\n')
+                                    'f/ok2 6 7\nf/ok six 1\n')
     (root / 'val.txt').write_text('f/ok 6 1\n')
     (root / 'classes.txt').write_text('a\nb\n')
     builder = data.prepare(_cfg('video_list', root, tmp_path))
@@ -70,7 +70,7 @@ def test_missing_frames_in_folder(tmp_path):
     joined = '\n'.join(problems)
     assert 'f/gap: 1 of 6 frames missing (first: img_00004.jpg)' in joined
     assert 'f/none: frame folder not found' in joined
-    assert 'f/ok: label 7 is not one of the 2 classes' in joined
+    assert 'f/ok2: label 7 is not one of the 2 classes' in joined
     assert "train.txt:5: expected" in joined
 
 
@@ -81,7 +81,7 @@ def test_ssv1_folder_gap_and_unknown_label(tmp_path):
     dh.write_jpegs(str(frames / '2'), 5, '{:05d}.jpg', skip=(2,))
     (root / 'something-something-v1-labels.csv').write_text('Holding something\n')
     (root / 'something-something-v1-train.csv').write_text(
-        '1;Holding something\n2;Holding something\n1;Dancing\n')
+        '1;Holding something\n2;Holding something\n3;Dancing\n')
     (root / 'something-something-v1-validation.csv').write_text(
         '1;Holding something\n')
     builder = data.prepare(_cfg('something_something_v1', root, tmp_path))
