@@ -140,11 +140,11 @@ def _check_model(model: Any) -> None:
                           f"{_suggest(str(dtype), DTYPES)}")
 
 
-def _builder_config(cls: type, name: str | None) -> Any:
+def _builder_config(cls: type, name: str | None, flag: str) -> Any:
     configs = {c.name: c for c in cls.BUILDER_CONFIGS}
     name = name or cls.DEFAULT_CONFIG_NAME
     if name not in configs:
-        raise ConfigError(f"--config.data.builder_config={name!r} is not a config of "
+        raise ConfigError(f"{flag}builder_config={name!r} is not a config of "
                           f"{cls.name}: {', '.join(configs)}{_suggest(name, list(configs))}")
     return configs[name]
 
@@ -154,13 +154,38 @@ def _is_prepared(data: Any) -> bool:
     return pipeline._builder(data).is_prepared()
 
 
-def _check_data(data: Any) -> None:
+def check_dataset(data: Any, flag: str = "--config.data.") -> Any:
+    """Dataset name, builder config and raw data of ``data`` (a config's data block).
+
+    Args:
+      data: needs ``name``; ``builder_config``, ``manual_dir``, ``data_dir`` optional.
+      flag: prefix of the flags named in messages (the data command uses '--').
+    Returns:
+      the TFDS builder config (its ``height``/``width`` are the stored frames).
+    Raises:
+      ConfigError: unknown dataset or builder config, or raw data needed and absent
+        (the message carries the builder's download instructions).
+    """
     classes = _builder_classes()
     if data.name not in classes:
-        raise ConfigError(f"--config.data.name={data.name!r} is not one of our datasets: "
+        raise ConfigError(f"{flag}name={data.name!r} is not one of our datasets: "
                           f"{', '.join(sorted(classes))}{_suggest(data.name, list(classes))}")
     cls = classes[data.name]
-    cfg = _builder_config(cls, data.get("builder_config"))
+    cfg = _builder_config(cls, data.get("builder_config"), flag)
+    instructions = getattr(cls, "MANUAL_DOWNLOAD_INSTRUCTIONS", None)
+    manual_dir = data.get("manual_dir")
+    if instructions and not (manual_dir and os.path.isdir(manual_dir)) \
+            and not _is_prepared(data):
+        problem = ("is not set" if not manual_dir else f"{manual_dir!r} is not a directory")
+        raise ConfigError(
+            f"{data.name} is not built yet and {flag}manual_dir {problem}; put the raw "
+            "data there as follows:\n" + textwrap.indent(textwrap.dedent(instructions), "  "))
+    return cfg
+
+
+def check_data(data: Any) -> None:
+    """check_dataset, then crop size, frame count and test views against the stored frames."""
+    cfg = check_dataset(data)
     side = min(cfg.height, cfg.width)
     if not 1 <= data.image_size <= side:
         raise ConfigError(
@@ -174,14 +199,6 @@ def _check_data(data: Any) -> None:
         raise ConfigError(f"--config.data.test_num_clips={clips} must be >= 1")
     if crops not in (1, 3):
         raise ConfigError(f"--config.data.test_num_crops={crops} must be 1 or 3")
-    instructions = getattr(cls, "MANUAL_DOWNLOAD_INSTRUCTIONS", None)
-    manual_dir = data.get("manual_dir")
-    if instructions and not (manual_dir and os.path.isdir(manual_dir)) \
-            and not _is_prepared(data):
-        problem = ("is not set" if not manual_dir else f"{manual_dir!r} is not a directory")
-        raise ConfigError(
-            f"{data.name} is not built yet and --config.data.manual_dir {problem}; put the raw "
-            "data there as follows:\n" + textwrap.indent(textwrap.dedent(instructions), "  "))
 
 
 def mesh_sizes(mesh_shape: Any, num_devices: int) -> dict[str, int]:
@@ -242,7 +259,7 @@ def validate(config: Any, workdir: str, *, mode: str = "train",
     _check_workdir(workdir)
     _check_init(config, workdir, mode)
     _check_model(config.model)
-    _check_data(config.data)
+    check_data(config.data)
     if num_devices is not None:
         _check_batches(config, num_devices, num_processes)
 
