@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import os
 import re
-from typing import Any
+from typing import Any, Self
 
 FILE_NAME = 'problems.json'
 
@@ -25,8 +25,8 @@ _KINDS = (
     ('missing file', r'not found'),
     ('empty file', r'empty file|zero bytes'),
     ('truncated video', r'^truncated'),
-    ('unreadable video', r'cannot open video|no video stream|decoding failed|'
-     r'no decodable frames|no frames decoded'),
+    ('unreadable video', (r'cannot open video|no video stream|decoding failed|'
+     r'no decodable frames|no frames decoded')),
     ('frame folder gap', r'frames missing|no frames named'),
     ('not a JPEG', r'not a decodable JPEG|cannot read frame'),
     ('unknown label', r'label .* is not'),
@@ -52,7 +52,7 @@ class Problem(str):
     reason: str
     kind: str
 
-    def __new__(cls, path: str, reason: str) -> 'Problem':
+    def __new__(cls, path: str, reason: str) -> Self:
         self = super().__new__(cls, f'{path}: {reason}')
         self.path, self.reason, self.kind = path, reason, kind_of(reason)
         return self
@@ -68,9 +68,9 @@ def report(dataset: str, listed: dict[str, int],
         for p in found:
             kind = getattr(p, 'kind', None) or kind_of(str(p))
             reasons[kind] = reasons.get(kind, 0) + 1
-        splits[split] = dict(listed=total, built=total - len(found),
-                             skipped=len(found), reasons=reasons,
-                             problems=[str(p) for p in found])
+        splits[split] = {'listed': total, 'built': total - len(found),
+                             'skipped': len(found), 'reasons': reasons,
+                             'problems': [str(p) for p in found]}
     return {'dataset': dataset, 'splits': splits}
 
 
