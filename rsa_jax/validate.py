@@ -18,6 +18,8 @@ import textwrap
 from collections.abc import Sequence
 from typing import Any
 
+from etils import epath
+
 DONE_FILE = "DONE.json"
 TORCHVISION_URL = "https://download.pytorch.org/models/resnet50-19c8e357.pth"
 # Mirrors rsa_jax.models (compute dtypes; parameters stay float32). Kept here so
@@ -95,14 +97,17 @@ def check_overrides(argv: Sequence[str]) -> None:
 
 # ---------------------------------------------------------------------- checks
 
+# Workdirs and init_from may be gs:// paths (TPU pods): epath reads both.
+
 def _check_workdir(workdir: str) -> None:
-    if os.path.exists(workdir) and not os.path.isdir(workdir):
+    path = epath.Path(workdir)
+    if path.exists() and not path.is_dir():
         raise ConfigError(f"--workdir {workdir!r} is a file, not a directory")
 
 
 def _has_checkpoint(workdir: str) -> bool:
-    ckpt = os.path.join(workdir, "checkpoints")
-    return os.path.isdir(ckpt) and any(n.isdigit() for n in os.listdir(ckpt))
+    ckpt = epath.Path(workdir) / "checkpoints"
+    return ckpt.is_dir() and any(p.name.isdigit() for p in ckpt.iterdir())
 
 
 def _check_init(config: Any, workdir: str, mode: str) -> None:
@@ -111,7 +116,7 @@ def _check_init(config: Any, workdir: str, mode: str) -> None:
     if tv and not os.path.isfile(tv):
         raise ConfigError(f"--config.torchvision_init: file {tv!r} not found; get "
                           f"resnet50-19c8e357.pth from {TORCHVISION_URL}")
-    if init and not os.path.isdir(init):
+    if init and not epath.Path(init).is_dir():
         raise ConfigError(f"--config.init_from: directory {init!r} not found")
     if mode != "train":
         if not (init or _has_checkpoint(workdir)):
@@ -266,12 +271,12 @@ def validate(config: Any, workdir: str, *, mode: str = "train",
 
 def write_done(workdir: str, config: Any, metrics: dict[str, float]) -> str:
     """Marks a training run finished (main.py calls it after train_and_evaluate)."""
-    path = os.path.join(workdir, DONE_FILE)
-    with open(path, "w") as f:
-        json.dump({"num_epochs": config.get("num_epochs"),
-                   "num_train_steps": config.get("num_train_steps"),
-                   "metrics": {k: float(v) for k, v in metrics.items()}}, f, indent=2)
-    return path
+    path = epath.Path(workdir) / DONE_FILE
+    path.write_text(json.dumps({"num_epochs": config.get("num_epochs"),
+                                "num_train_steps": config.get("num_train_steps"),
+                                "metrics": {k: float(v) for k, v in metrics.items()}},
+                               indent=2))
+    return str(path)
 
 
 def finished_run(config: Any, workdir: str) -> str | None:
@@ -280,11 +285,10 @@ def finished_run(config: Any, workdir: str) -> str | None:
     A run whose ``num_epochs``/``num_train_steps`` were raised since is not
     finished: training resumes from its last checkpoint.
     """
-    path = os.path.join(workdir, DONE_FILE)
-    if not os.path.isfile(path):
+    path = epath.Path(workdir) / DONE_FILE
+    if not path.is_file():
         return None
-    with open(path) as f:
-        done = json.load(f)
+    done = json.loads(path.read_text())
     if (done.get("num_epochs"), done.get("num_train_steps")) != (
             config.get("num_epochs"), config.get("num_train_steps")):
         return None
