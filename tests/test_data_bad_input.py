@@ -1,5 +1,7 @@
-"""Broken raw data: each problem is reported with its file and reason."""
+"""Broken raw data: each problem is a counted skip reported with its file and reason
+(docs/reliability.md), or with on_error='raise' one error naming the file."""
 
+import json
 import os
 
 import ml_collections
@@ -7,6 +9,7 @@ import pytest
 
 import data_helpers as dh
 from rsa_jax import data
+from rsa_jax.data import problems as problems_lib
 from rsa_jax.data.builders import BadInputError, EmptySplitError
 from rsa_jax.data.pipeline import _builder
 
@@ -21,14 +24,20 @@ def _cfg(name, root, tmp_path, on_error='skip'):
 
 @pytest.fixture
 def broken_ssv2(tmp_path):
-    """SSv2 with a good, a corrupt, a truncated, a missing and a mislabelled video."""
+    """SSv2 with a good, a corrupt, a truncated, a missing, a mislabelled and a
+    zero-byte video, an entry that is not an object and a repeated id."""
     root = tmp_path / 'raw'
     dh.write_ssv2(str(root), {'1': (HOLD, 8), '2': (HOLD, 8), '3': (HOLD, 40),
-                              '4': (HOLD, 0), '5': ('Juggling [something]', 8)},
+                              '4': (HOLD, 0), '5': ('Juggling [something]', 8),
+                              '6': (HOLD, 0)},
                   {'9': (HOLD, 8)})
     videos = root / '20bn-something-something-v2'
     (videos / '2.webm').write_bytes(os.urandom(3000))
     dh.truncate(str(videos / '3.webm'), 0.4)
+    (videos / '6.webm').write_bytes(b'')
+    train = root / 'labels' / 'train.json'
+    entries = json.loads(train.read_text())
+    train.write_text(json.dumps(entries + ['7', entries[0]]))
     return root
 
 
@@ -38,15 +47,26 @@ def test_skip_reports_every_bad_video(broken_ssv2, tmp_path):
     assert data.num_examples(cfg, 'train') == 1
     assert builder.as_data_source('train')[0]['video_id'] in (b'1', '1')
     problems = builder.problems['train']
-    assert len(problems) == 4
+    assert len(problems) == 7
     videos = str(broken_ssv2 / '20bn-something-something-v2')
     joined = '\n'.join(problems)
     assert f'{videos}/2.webm: cannot open video' in joined
     assert f'{videos}/3.webm: truncated' in joined
     assert f'{videos}/4.webm: video file not found' in joined
+    assert f'{videos}/6.webm: empty file (zero bytes)' in joined
     assert "label 'Juggling something' is not in labels.json" in joined
     assert "train.json: video 5" in joined
+    assert 'train.json: entry 6 expected an object' in joined
+    assert "train.json: duplicate id '1'" in joined
     assert builder.problems['validation'] == []
+    report = problems_lib.read(os.fspath(builder.data_dir))
+    train = report['splits']['train']
+    assert (train['listed'], train['built'], train['skipped']) == (8, 1, 7)
+    assert train['reasons'] == {'unreadable video': 1, 'truncated video': 1,
+                                'missing file': 1, 'empty file': 1, 'unknown label': 1,
+                                'bad line': 1, 'duplicate id': 1}
+    assert sorted(train['problems']) == sorted(problems)
+    assert report['splits']['validation']['reasons'] == {}
 
 
 def test_raise_stops_with_file_and_reason(broken_ssv2, tmp_path):
@@ -55,23 +75,58 @@ def test_raise_stops_with_file_and_reason(broken_ssv2, tmp_path):
         data.prepare(cfg)
 
 
-def test_missing_frames_in_folder(tmp_path):
+def test_frame_folders_and_list_lines(tmp_path):
     root = tmp_path / 'raw'
     dh.write_jpegs(str(root / 'f' / 'ok'), 6, 'img_{:05d}.jpg')
     dh.write_jpegs(str(root / 'f' / 'gap'), 6, 'img_{:05d}.jpg', skip=(4,))
-    (root / 'train.txt').write_text('f/ok 6 0\nf/gap 6 1\nf/none 3 1\n'
-                                    'f/ok2 6 7\nf/ok six 1\n')
+    png = dh.write_jpegs(str(root / 'f' / 'png'), 6, 'img_{:05d}.jpg')
+    with open(os.path.join(png, 'img_00003.jpg'), 'wb') as f:
+        f.write(b'\x89PNG\r\n\x1a\n' + os.urandom(200))
+    (root / 'train.txt').write_bytes(
+        b'f/ok 6 0\nf/gap 6 1\nf/none 3 1\nf/ok2 6 7\nf/ok six 1\n'
+        b'f/png 6 0\nf/neg -2 0\nf/\xe9t\xe9 6 0\nf/ok 6 1\n')
     (root / 'val.txt').write_text('f/ok 6 1\n')
     (root / 'classes.txt').write_text('a\nb\n')
     builder = data.prepare(_cfg('video_list', root, tmp_path))
     problems = builder.problems['train']
     assert len(builder.as_data_source('train')) == 1
-    assert len(problems) == 4
+    assert len(problems) == 8
     joined = '\n'.join(problems)
     assert 'f/gap: 1 of 6 frames missing (first: img_00004.jpg)' in joined
     assert 'f/none: frame folder not found' in joined
     assert 'f/ok2: label 7 is not one of the 2 classes' in joined
     assert "train.txt:5: expected" in joined
+    assert 'f/png/img_00003.jpg: not a decodable JPEG' in joined
+    assert 'train.txt:7: f/neg: frame count -2 < 1' in joined
+    assert 'train.txt:8: not UTF-8' in joined
+    assert "train.txt: duplicate id 'f/ok'" in joined
+    reasons = problems_lib.read(os.fspath(builder.data_dir))['splits']['train']['reasons']
+    assert reasons == {'frame folder gap': 1, 'missing file': 1, 'unknown label': 1,
+                       'bad line': 1, 'not a JPEG': 1, 'bad frame count': 1,
+                       'bad encoding': 1, 'duplicate id': 1}
+
+
+def test_raise_on_a_list_line(tmp_path):
+    root = tmp_path / 'raw'
+    dh.write_jpegs(str(root / 'f' / 'ok'), 6, 'img_{:05d}.jpg')
+    (root / 'train.txt').write_text('f/ok 6 0\nf/ok -1 0\n')
+    with pytest.raises(BadInputError, match=r"train\.txt:2: f/ok: frame count -1 < 1 "
+                       r"\(split 'train', on_error='raise'\)"):
+        data.prepare(_cfg('video_list', root, tmp_path, 'raise'))
+
+
+def test_label_files_with_bad_encoding_name_the_line(tmp_path):
+    root = tmp_path / 'raw'
+    dh.write_jpegs(str(root / 'f' / 'ok'), 6, 'img_{:05d}.jpg')
+    (root / 'train.txt').write_text('f/ok 6 0\n')
+    (root / 'classes.txt').write_bytes(b'a\nb\xff\n')
+    with pytest.raises(BadInputError, match=r'classes\.txt:2: not UTF-8'):
+        data.prepare(_cfg('video_list', root, tmp_path))
+    ssv2 = tmp_path / 'ssv2'
+    dh.write_ssv2(str(ssv2), {'1': (HOLD, 0)}, {})
+    (ssv2 / 'labels' / 'labels.json').write_bytes(b'{"Holding \xe9": "0"}')
+    with pytest.raises(BadInputError, match=r'labels\.json: not UTF-8'):
+        data.prepare(_cfg('something_something_v2', ssv2, tmp_path))
 
 
 def test_ssv1_folder_gap_and_unknown_label(tmp_path):

@@ -154,6 +154,21 @@ def _run_item(item: Item):
         return key, None, (e.path, e.reason)
 
 
+def _mark_duplicates(items: list[Item], source: str) -> list[Item]:
+    """Each repeat of an id becomes a bad item (TFDS needs unique keys), in place,
+    so problems keep the order of the list file."""
+    seen: set[str] = set()
+    out = []
+    for key, fn, args in items:
+        if key in seen:
+            out.append((key, bad_input, (source, f'duplicate id {key!r} (only its '
+                                         'first entry is kept)')))
+        else:
+            seen.add(key)
+            out.append((key, fn, args))
+    return out
+
+
 class VideoBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     """Base of the video builders; subclasses list their raw files as items."""
 
@@ -242,8 +257,8 @@ class VideoBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
                           items: Iterable[Item]) -> Iterator[tuple[str, dict]]:
         """Runs items, applying the on_error policy; fails on an empty split."""
         problems = self.problems.setdefault(split, [])
-        items, dropped = self._drop_duplicates(split, list(items), source)
-        self.listed[split] = len(items) + dropped
+        items = _mark_duplicates(list(items), source)
+        self.listed[split] = len(items)
         if self.num_workers > 1:
             ctx = multiprocessing.get_context('spawn')
             pool = ctx.Pool(self.num_workers)
@@ -275,23 +290,6 @@ class VideoBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
             raise EmptySplitError(
                 f"{self.name}: split '{split}' has no usable videos "
                 f'({total} listed in {source}{detail})')
-
-    def _drop_duplicates(self, split: str, items: list[Item],
-                         source: str) -> tuple[list[Item], int]:
-        """Items with a unique key; each repeat is a skip (TFDS needs unique keys).
-
-        Returns the kept items and the number of repeats dropped.
-        """
-        seen: set[str] = set()
-        kept = []
-        for key, fn, args in items:
-            if key in seen:
-                self._skip(split, problems_lib.Problem(
-                    source, f'duplicate id {key!r} (only its first entry is kept)'))
-                continue
-            seen.add(key)
-            kept.append((key, fn, args))
-        return kept, len(items) - len(kept)
 
 
 def list_lines(path: str) -> list[tuple[int, str | None]]:
