@@ -4,10 +4,10 @@
 import json
 import os
 
+import data_helpers as dh
 import ml_collections
 import pytest
 
-import data_helpers as dh
 from rsa_jax import data
 from rsa_jax.data import problems as problems_lib
 from rsa_jax.data.builders import BadInputError, EmptySplitError
@@ -17,9 +17,9 @@ HOLD = 'Holding [something]'
 
 
 def _cfg(name, root, tmp_path, on_error='skip'):
-    return ml_collections.ConfigDict(dict(
-        name=name, builder_config=None, data_dir=str(tmp_path / 'tfds'),
-        manual_dir=str(root), on_error=on_error))
+    return ml_collections.ConfigDict({
+        'name': name, 'builder_config': None, 'data_dir': str(tmp_path / 'tfds'),
+        'manual_dir': str(root), 'on_error': on_error})
 
 
 @pytest.fixture

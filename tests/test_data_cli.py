@@ -6,11 +6,11 @@ import os
 import subprocess
 import sys
 
+import data_helpers as dh
 import ml_collections
 import numpy as np
 import pytest
 
-import data_helpers as dh
 from rsa_jax import data, validate
 from rsa_jax.data import inspection
 
@@ -84,8 +84,8 @@ def test_prepare_summary_and_raise_is_one_line(broken_list, tmp_path):
         'video_list/default/1.0.0: built train 1 of 3, validation 1 of 1 videos; 2 skipped '
         f'(1 frame folder gap, 1 unknown label), see {report}')
     assert json.loads(report.read_text())['splits']['train']['problems'] == [
-        f'{broken_list}/f/gap: 1 of 6 frames missing (first: img_00004.jpg); frames must be '
-        'numbered 1..6',
+        (f'{broken_list}/f/gap: 1 of 6 frames missing (first: img_00004.jpg); frames must be '
+        'numbered 1..6'),
         f'{broken_list}/train.txt: f/ok2: label 5 is not one of the 2 classes']
 
     r = _data_cli('prepare', '--name', 'video_list', '--manual_dir', str(broken_list),
