@@ -292,7 +292,9 @@ def finished_run(config: Any, workdir: str) -> str | None:
     if (done.get("num_epochs"), done.get("num_train_steps")) != (
             config.get("num_epochs"), config.get("num_train_steps")):
         return None
-    metrics = ", ".join(f"{k} {v:.2f}" for k, v in sorted(done.get("metrics", {}).items()))
+    found = done.get("metrics", {})
+    shown = {k: found[k] for k in ("top1", "top5") if k in found} or found
+    metrics = ", ".join(f"{k} {v:.2f}" for k, v in shown.items())
     return (f"{workdir} holds a finished run ({metrics}): checkpoints in "
             f"{os.path.join(workdir, 'checkpoints')}, eval scores in "
             f"{os.path.join(workdir, 'eval')}; use --mode=test to evaluate it, or a new "

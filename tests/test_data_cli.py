@@ -94,3 +94,26 @@ def test_prepare_summary_and_raise_is_one_line(broken_list, tmp_path):
     assert r.stderr.strip().splitlines()[-1] == (
         f'FATAL: {broken_list}/f/gap: 1 of 6 frames missing (first: img_00004.jpg); frames '
         "must be numbered 1..6 (split 'train', on_error='raise')")
+
+
+@pytest.mark.slow
+def test_main_reports_bad_data_in_one_line(broken_list, tmp_path):
+    """Training on a broken raw folder with on_error='raise' stops before compiling."""
+    config = tmp_path / 'list_config.py'
+    config.write_text(
+        'import configs.synthetic as synthetic\n\n'
+        'def get_config():\n'
+        '    c = synthetic.get_config()\n'
+        '    c.from_scratch = True\n'
+        f'    c.data.update(dict(name="video_list", builder_config=None, image_size=32,\n'
+        f'                       manual_dir={str(broken_list)!r},\n'
+        f'                       data_dir={str(tmp_path / "tfds")!r}, on_error="raise"))\n'
+        '    return c\n')
+    r = subprocess.run([sys.executable, '-m', 'rsa_jax.main', f'--config={config}',
+                        f'--workdir={tmp_path / "w"}'], cwd=ROOT, check=False,
+                       env={**os.environ, 'PYTHONPATH': ROOT}, capture_output=True,
+                       text=True, timeout=180)
+    assert r.returncode == 1 and 'Traceback' not in r.stderr
+    assert r.stderr.strip().splitlines()[-1] == (
+        f'FATAL: {broken_list}/f/gap: 1 of 6 frames missing (first: img_00004.jpg); frames '
+        "must be numbered 1..6 (split 'train', on_error='raise')")
