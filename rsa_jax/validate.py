@@ -55,8 +55,11 @@ def _load_config_file(spec: str) -> Any:
         raise ConfigError(f"--config: file {path!r} not found")
     module_spec = importlib.util.spec_from_file_location("_rsa_config", path)
     module = importlib.util.module_from_spec(module_spec)
-    module_spec.loader.exec_module(module)
-    return module.get_config(arg) if arg else module.get_config()
+    try:
+        module_spec.loader.exec_module(module)
+        return module.get_config(arg) if arg else module.get_config()
+    except Exception as e:  # any error in the user's file, named in one line
+        raise ConfigError(f"--config {spec}: get_config failed ({type(e).__name__}: {e})") from e
 
 
 def _config_spec(argv: Sequence[str]) -> str | None:
@@ -69,19 +72,21 @@ def _config_spec(argv: Sequence[str]) -> str | None:
 
 
 def check_overrides(argv: Sequence[str]) -> None:
-    """Checks every ``--config.a.b[=v]`` in argv names an existing config field.
+    """Checks the ``--config`` file loads and every ``--config.a.b[=v]`` names a field.
 
-    absl reports an unknown key as three chained tracebacks; this names the
-    flag and the closest existing key instead.
+    absl reports an unknown key as three chained tracebacks, and a missing
+    config file only when the config is first used; this names the flag (and
+    the closest existing key) at once.
 
     Raises:
-      ConfigError: unknown key (with a suggestion) or a missing config file.
+      ConfigError: unknown key (with a suggestion), or a config file that is
+        missing or fails to load.
     """
     spec = _config_spec(argv)
+    if spec is None:
+        return
     overrides = [a[len("--config."):].split("=", 1)[0] for a in argv
                  if a.startswith("--config.")]
-    if spec is None or not overrides:
-        return
     config = _load_config_file(spec)
     for key in overrides:
         node, walked = config, []

@@ -179,6 +179,16 @@ def test_typo_in_override_suggests(tmp_path):
         validate.check_overrides(ok + ["--config.learning_rte=1"])
 
 
+def test_config_file_errors_are_one_line(tmp_path):
+    with pytest.raises(ConfigError, match=r"--config: file 'nope\.py' not found"):
+        validate.check_overrides(["main", "--config", "nope.py", "--workdir", "w"])
+    bad = tmp_path / "bad.py"
+    bad.write_text("def get_config(arg='16'):\n    return int(arg) / 0\n")
+    with pytest.raises(ConfigError, match=r"--config .*bad\.py:8: get_config failed "
+                       r"\(ZeroDivisionError: division by zero\)"):
+        validate.check_overrides(["main", f"--config={bad}:8"])
+
+
 def test_finished_run(synth, tmp_path):
     workdir = tmp_path / "w"
     workdir.mkdir()
