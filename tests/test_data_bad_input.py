@@ -155,9 +155,14 @@ def test_empty_split_fails_clearly(tmp_path):
 
 def test_all_broken_split_names_first_problem(tmp_path):
     root = tmp_path / 'raw'
-    dh.write_ssv2(str(root), {'1': (HOLD, 8)}, {'2': (HOLD, 0)})
-    with pytest.raises(EmptySplitError, match=r'first problem: .*2\.webm'):
+    dh.write_ssv2(str(root), {'1': (HOLD, 8)}, {'2': (HOLD, 0), '3': (HOLD, 0)})
+    report = tmp_path / 'tfds' / 'something_something_v2' / 'default' / '1.0.0.problems.json'
+    with pytest.raises(EmptySplitError, match=r'first problem: .*2\.webm.*; every skip is '
+                       f'listed in {report}$'):
         data.prepare(_cfg('something_something_v2', root, tmp_path))
+    validation = json.loads(report.read_text())['splits']['validation']
+    assert (validation['listed'], validation['built']) == (2, 0)
+    assert validation['reasons'] == {'missing file': 2}
 
 
 def test_missing_label_file_names_path(tmp_path):

@@ -1,6 +1,8 @@
 """Bad-input accounting: each skipped raw input as `path: reason`, counted by kind.
 
-A build writes `<builder.data_dir>/problems.json` (docs/reliability.md):
+A build writes `<builder.data_dir>/problems.json` (docs/reliability.md), or,
+when a split has no usable video, `<builder.data_dir>.problems.json` (the
+dataset directory itself is removed by TFDS):
 
     {"dataset": "something_something_v2/default/1.0.0",
      "splits": {"train": {"listed": M, "built": N, "skipped": K,
@@ -74,9 +76,9 @@ def report(dataset: str, listed: dict[str, int],
     return {'dataset': dataset, 'splits': splits}
 
 
-def write(data_dir: str, content: dict[str, Any]) -> str:
-    """Writes problems.json into a dataset directory; returns its path."""
-    path = os.path.join(data_dir, FILE_NAME)
+def write(path: str, content: dict[str, Any]) -> str:
+    """Writes a problems report (`<dataset dir>/problems.json`); returns its path."""
+    os.makedirs(os.path.dirname(path), exist_ok=True)
     with open(path, 'w', encoding='utf-8') as f:
         json.dump(content, f, indent=1, ensure_ascii=False)
     return path

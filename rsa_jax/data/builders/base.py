@@ -238,13 +238,26 @@ class VideoBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
                              'this dataset ships JPEG frames')
 
     def download_and_prepare(self, *args, **kwargs):
-        """TFDS's build, then `problems.json` (skips by kind) next to the data."""
+        """TFDS's build, then `problems.json` (skips by kind) next to the data.
+
+        A build that fails on an empty split leaves no dataset directory, so
+        its report goes to `<data_dir>.problems.json` and the error names it.
+        """
         self.problems, self.listed = {}, {}
-        super().download_and_prepare(*args, **kwargs)
+        final_dir = os.fspath(self.data_dir)
+        try:
+            super().download_and_prepare(*args, **kwargs)
+        except EmptySplitError as e:
+            path = problems_lib.write(final_dir + '.problems.json', self._report())
+            raise EmptySplitError(f'{e}; every skip is listed in {path}') from None
         if self.listed:  # empty when the dataset was already built
-            problems_lib.write(os.fspath(self.data_dir), problems_lib.report(
-                f'{self.name}/{self.builder_config.name}/{self.version}',
-                self.listed, self.problems))
+            problems_lib.write(os.path.join(final_dir, problems_lib.FILE_NAME),
+                               self._report())
+
+    def _report(self) -> dict:
+        return problems_lib.report(
+            f'{self.name}/{self.builder_config.name}/{self.version}', self.listed,
+            self.problems)
 
     def _skip(self, split: str, problem: problems_lib.Problem) -> None:
         if self.on_error == 'raise':
