@@ -196,11 +196,12 @@ def check_dataset(data: Any, flag: str = "--config.data.") -> Any:
 def check_data(data: Any) -> None:
     """check_dataset, then crop size, frame count and test views against the stored frames."""
     cfg = check_dataset(data)
-    side = min(cfg.height, cfg.width)
+    height, width = getattr(cfg, "height", 240), getattr(cfg, "width", 320)  # as pipeline.py
+    side = min(height, width)
     if not 1 <= data.image_size <= side:
         raise ConfigError(
             f"--config.data.image_size={data.image_size} must be in [1, {side}]: "
-            f"{data.name}/{cfg.name} stores {cfg.height}x{cfg.width} frames and crops are taken "
+            f"{data.name}/{cfg.name} stores {height}x{width} frames and crops are taken "
             "from them (a larger crop would be upscaled)")
     if data.num_frames < 1:
         raise ConfigError(f"--config.data.num_frames={data.num_frames} must be >= 1")
