@@ -64,6 +64,9 @@ def main(argv):
     parallel.initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes,
                                     FLAGS.process_id)
     import jax
+    import tensorflow as tf
+    # Before validation, which reads TFDS: TF (tfds, summaries) must not take GPU memory.
+    tf.config.set_visible_devices([], "GPU")
 
     from rsa_jax import validate
     from rsa_jax.data.builders import BadInputError, EmptySplitError
@@ -77,8 +80,6 @@ def main(argv):
     if done:
         print(done, flush=True)
         return
-    import tensorflow as tf
-    tf.config.set_visible_devices([], "GPU")  # TF (tfds, summaries) must not take GPU memory
     from rsa_jax.train import train
     if not parallel.is_main_process():
         logging.set_verbosity(logging.WARNING)
