@@ -176,3 +176,33 @@ def test_bad_on_error_value(tmp_path):
     cfg = _cfg('synthetic_motion', tmp_path, tmp_path, on_error='ignore')
     with pytest.raises(ValueError, match="on_error must be 'skip' or 'raise'"):
         _builder(cfg)
+
+
+def test_fine_gym_and_diving48_list_problems(tmp_path):
+    gym = tmp_path / 'gym'
+    gym.mkdir()
+    (gym / 'gym99_categories.txt').write_text(
+        'Clabel: 0; set: 1; Glabel: 1; (VT) round-off\n'
+        'Clabel: 1; set: 21; Glabel: 12; (FX) switch leap\n')
+    dh.write_video(str(gym / 'subactions' / 'c1.mp4'), 6, codec='libx264')
+    (gym / 'gym99_train_element_v1.1.txt').write_bytes(
+        b'c1 1\nc2\nc\xff3 0\nc4 99\n')
+    (gym / 'gym99_val_element.txt').write_text('c1 0\n')
+    builder = data.prepare(_cfg('fine_gym', gym, tmp_path))
+    train = '\n'.join(builder.problems['train'])
+    assert len(builder.problems['train']) == 3
+    assert """gym99_train_element_v1.1.txt:2: expected "<clip id> <label>", got 'c2'""" in train
+    assert 'gym99_train_element_v1.1.txt:3: not UTF-8; line skipped' in train
+    assert "video c4: label '99' is not one of the 2 classes" in train
+
+    dive = tmp_path / 'dive'
+    dive.mkdir()
+    (dive / 'Diving48_vocab.json').write_text(json.dumps([['Back'], ['Forward']]))
+    dh.write_video(str(dive / 'rgb' / 'a.mp4'), 6, codec='libx264')
+    (dive / 'Diving48_V2_train.json').write_text(json.dumps(
+        [{'vid_name': 'a', 'label': 1}, ['a', 1], {'label': 0}]))
+    (dive / 'Diving48_V2_test.json').write_text(json.dumps([{'vid_name': 'a', 'label': 0}]))
+    builder = data.prepare(_cfg('diving48', dive, tmp_path / 'd'))
+    assert [p.reason for p in builder.problems['train']] == [
+        'entry 1 expected an object with "vid_name" and "label"',
+        'entry 2 expected an object with "vid_name" and "label"']

@@ -148,7 +148,12 @@ class FineGym(base.VideoBuilder):
                 bad.append(base.undecodable(list_path, line_no))
                 continue
             vid, _, label = line.rpartition(' ')
-            pairs.append((vid or line, label))
+            if not vid:
+                where = f'{list_path}:{line_no}'
+                bad.append((where, base.bad_input,
+                            (where, f'expected "<clip id> <label>", got {line!r}')))
+                continue
+            pairs.append((vid, label))
         items = _labelled_video_items(split, list_path, pairs, video_dir,
                                       names, self.builder_config)
         return self._generate_checked(split, list_path, bad + items)
