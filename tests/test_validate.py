@@ -91,7 +91,7 @@ def test_eval_mode_needs_a_checkpoint(synth, tmp_path):
     (8, {"data": 3}, 1, 48, r"mesh_shape=\{'data': 3\} needs 3 devices but this run has 8"),
     (8, {"data": -1, "model": 3}, 1, 48, r"needs a multiple of 3 devices"),
     (8, {"model": 8}, 1, 48, r"needs a 'data' axis"),
-])
+], ids=["accum", "devices", "2d_ok", "mesh_size", "mesh_multiple", "no_data_axis"])
 def test_mesh_and_batch(synth, tmp_path, devices, mesh, accum, batch, match):
     synth.mesh_shape, synth.grad_accum_steps, synth.global_batch_size = mesh, accum, batch
     synth.eval_batch_size = synth.test_batch_size = 8
