@@ -3,9 +3,12 @@
 Flags only; the work is in ``rsa_jax.train.train``. Config values are
 overridden with ``--config.x=y`` (e.g. ``--config.model.dtype=bfloat16``);
 a config argument follows a colon (``--config configs/ssv2.py:8`` for 8 frames).
+Config and data mistakes stop the run with one ``FATAL:`` line before any data
+build or compile (docs/reliability.md).
 """
 
 import logging as std_logging
+import sys
 
 from absl import app, flags, logging
 from ml_collections import config_flags
@@ -36,6 +39,23 @@ class _QuietLibraries(std_logging.Filter):
             part in record.pathname for part in _CHATTY)
 
 
+def _fatal(error: Exception) -> None:
+    """One line on stderr and exit status 1: the message already says what to fix."""
+    sys.exit(f"FATAL: {error}")
+
+
+def _parse_flags(argv: list[str]) -> list[str]:
+    """absl's parsing, with typo'd --config.x keys reported in one line."""
+    from rsa_jax import validate
+    try:
+        validate.check_overrides(argv)
+        return FLAGS(argv)
+    except validate.ConfigError as e:
+        _fatal(e)
+    except flags.Error as e:
+        _fatal(f"{e} (see --helpfull)")
+
+
 def main(argv):
     del argv
     if not FLAGS.library_logs:
@@ -43,16 +63,36 @@ def main(argv):
     from rsa_jax import parallel  # imports jax; distributed start-up must come first
     parallel.initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes,
                                     FLAGS.process_id)
+    import jax
     import tensorflow as tf
-    tf.config.set_visible_devices([], "GPU")  # TF (tfds, summaries) must not take GPU memory
+    # Before validation, which reads TFDS: TF (tfds, summaries) must not take GPU memory.
+    tf.config.set_visible_devices([], "GPU")
+
+    from rsa_jax import validate
+    from rsa_jax.data.builders import BadInputError, EmptySplitError
+    config, workdir = FLAGS.config, FLAGS.workdir
+    try:
+        validate.validate(config, workdir, mode=FLAGS.mode, num_devices=jax.device_count(),
+                          num_processes=jax.process_count())
+    except validate.ConfigError as e:
+        _fatal(e)
+    done = validate.finished_run(config, workdir) if FLAGS.mode == "train" else None
+    if done:
+        print(done, flush=True)
+        return
     from rsa_jax.train import train
     if not parallel.is_main_process():
         logging.set_verbosity(logging.WARNING)
-    if FLAGS.mode == "train":
-        train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
-    else:
-        train.evaluate_checkpoint(FLAGS.config, FLAGS.workdir, mode=FLAGS.mode)
+    try:
+        if FLAGS.mode == "train":
+            metrics = train.train_and_evaluate(config, workdir)
+            if parallel.is_main_process():
+                validate.write_done(workdir, config, metrics)
+        else:
+            train.evaluate_checkpoint(config, workdir, mode=FLAGS.mode)
+    except (BadInputError, EmptySplitError) as e:  # raw data: file and reason, no traceback
+        _fatal(e)
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=_parse_flags)

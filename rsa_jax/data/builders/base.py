@@ -17,11 +17,14 @@ Every builder stores, per video: `video_id`, `label` (ClassLabel), `label_name`,
 Frames are plain bytes (`Tensor(dtype=object)`), not `tfds.features.Image`, so
 `tfds.data_source` hands them over without decoding anything.
 
-Bad raw input (corrupt/truncated videos, folders with missing frames, labels
-absent from the label file, empty splits) raises `BadInputError` naming the
-file and reason. With `on_error='skip'` (default) the video is skipped, logged
-and counted in `builder.problems[split]`; with `on_error='raise'` the build
-stops with that message. A split with no usable video always fails.
+Bad raw input (corrupt, truncated or zero-byte videos, folders with missing
+or non-JPEG frames, labels absent from the label file, bad or undecodable
+list lines, negative frame counts, duplicate ids) raises `BadInputError`
+naming the file and reason. With `on_error='skip'` (default) the video is
+skipped, logged and counted in `builder.problems[split]` (`path: reason`
+strings, `rsa_jax.data.problems.Problem`) and in `<data_dir>/problems.json`;
+with `on_error='raise'` the build stops with that message. A split with no
+usable video always fails (`EmptySplitError`). See docs/reliability.md.
 """
 
 from __future__ import annotations
@@ -38,8 +41,9 @@ from absl import logging
 from etils import epath
 import numpy as np
 import tensorflow_datasets as tfds
+from tqdm import auto as tqdm
 
-from rsa_jax.data import decode
+from rsa_jax.data import decode, problems as problems_lib
 from rsa_jax.data.decode import BadInputError
 
 # (key, function, args): the function builds one example or raises
@@ -80,6 +84,8 @@ def load_json(path: str) -> Any:
             return json.load(f)
     except OSError as e:
         raise BadInputError(path, f'cannot read ({e.strerror})') from e
+    except UnicodeDecodeError as e:
+        raise BadInputError(path, f'not UTF-8 (byte {e.start})') from e
     except json.JSONDecodeError as e:
         raise BadInputError(path, f'invalid JSON ({e})') from e
 
@@ -88,6 +94,8 @@ def video_example(path: str, video_id: str, label: int | str, label_name: str,
     """One example from a video file (webm, mp4, ...)."""
     if not os.path.isfile(path):
         raise BadInputError(path, 'video file not found')
+    if os.path.getsize(path) == 0:
+        raise BadInputError(path, 'empty file (zero bytes)')
     if cfg.storage == 'video':
         n = decode.count_video_frames(path)
         with open(path, 'rb') as f:
@@ -152,7 +160,22 @@ def _run_item(item: Item):
     try:
         return key, fn(*args), None
     except BadInputError as e:
-        return key, None, str(e)
+        return key, None, (e.path, e.reason)
+
+
+def _mark_duplicates(items: list[Item], source: str) -> list[Item]:
+    """Each repeat of an id becomes a bad item (TFDS needs unique keys), in place,
+    so problems keep the order of the list file."""
+    seen: set[str] = set()
+    out = []
+    for key, fn, args in items:
+        if key in seen:
+            out.append((key, bad_input, (source, f'duplicate id {key!r} (only its '
+                                         'first entry is kept)')))
+        else:
+            seen.add(key)
+            out.append((key, fn, args))
+    return out
 
 
 class VideoBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
@@ -172,7 +195,8 @@ class VideoBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
             raise ValueError(f"on_error must be 'skip' or 'raise', got {on_error!r}")
         self.on_error = on_error
         self.num_workers = num_workers
-        self.problems: dict[str, list[str]] = {}
+        self.problems: dict[str, list[problems_lib.Problem]] = {}
+        self.listed: dict[str, int] = {}  # videos listed per split
         # ArrayRecord gives the random access grain needs.
         kwargs.setdefault('file_format', 'array_record')
         super().__init__(**kwargs)
@@ -222,11 +246,41 @@ class VideoBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
             raise ValueError(f"{self.name}: storage='video' needs video files; "
                              'this dataset ships JPEG frames')
 
+    def download_and_prepare(self, *args, **kwargs):
+        """TFDS's build, then `problems.json` (skips by kind) next to the data.
+
+        A build that fails on an empty split leaves no dataset directory, so
+        its report goes to `<data_dir>.problems.json` and the error names it.
+        """
+        self.problems, self.listed = {}, {}
+        final_dir = os.fspath(self.data_dir)
+        try:
+            super().download_and_prepare(*args, **kwargs)
+        except EmptySplitError as e:
+            path = problems_lib.write(final_dir + '.problems.json', self._report())
+            raise EmptySplitError(f'{e}; every skip is listed in {path}') from None
+        if self.listed:  # empty when the dataset was already built
+            problems_lib.write(os.path.join(final_dir, problems_lib.FILE_NAME),
+                               self._report())
+
+    def _report(self) -> dict:
+        return problems_lib.report(
+            f'{self.name}/{self.builder_config.name}/{self.version}', self.listed,
+            self.problems)
+
+    def _skip(self, split: str, problem: problems_lib.Problem) -> None:
+        if self.on_error == 'raise':
+            raise BadInputError(problem.path, f"{problem.reason} (split '{split}', "
+                                "on_error='raise')")
+        logging.warning('%s: skipping video: %s', self.name, problem)
+        self.problems[split].append(problem)
+
     def _generate_checked(self, split: str, source: str,
                           items: Iterable[Item]) -> Iterator[tuple[str, dict]]:
         """Runs items, applying the on_error policy; fails on an empty split."""
         problems = self.problems.setdefault(split, [])
-        items = list(items)
+        items = _mark_duplicates(list(items), source)
+        self.listed[split] = len(items)
         if self.num_workers > 1:
             ctx = multiprocessing.get_context('spawn')
             pool = ctx.Pool(self.num_workers)
@@ -234,37 +288,76 @@ class VideoBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         else:
             pool, results = None, map(_run_item, items)
         ok = 0
+        # tqdm hides the bar when stderr is not a terminal (logs, tests).
+        bar = tqdm.tqdm(total=len(items), desc=f'{self.name} {split}',
+                        unit='video', disable=None)
         try:
             for key, example, problem in results:
+                bar.update()
                 if problem is not None:
-                    if self.on_error == 'raise':
-                        raise BadInputError(problem, f"in split '{split}' "
-                                            "(on_error='raise')")
-                    logging.warning('%s: skipping video: %s', self.name, problem)
-                    problems.append(problem)
+                    self._skip(split, problems_lib.Problem(*problem))
                     continue
                 ok += 1
                 yield key, example
         finally:
+            bar.close()
             if pool is not None:
                 pool.terminate()
+        total = self.listed[split]
         if problems:
             logging.warning('%s: split %s: skipped %d of %d videos (listed in %s)',
-                            self.name, split, len(problems), len(items), source)
+                            self.name, split, len(problems), total, source)
         if ok == 0:
             detail = f'; first problem: {problems[0]}' if problems else ''
             raise EmptySplitError(
                 f"{self.name}: split '{split}' has no usable videos "
-                f'({len(items)} listed in {source}{detail})')
+                f'({total} listed in {source}{detail})')
+
+
+def list_lines(path: str) -> list[tuple[int, str | None]]:
+    """(line number, stripped text) of a list file's non-empty lines.
+
+    A line that is not UTF-8 has text None, so the caller skips that one video
+    (`path:line: not UTF-8`) rather than failing the whole file.
+
+    Raises:
+      BadInputError: the file is missing or unreadable.
+    """
+    try:
+        with open(path, 'rb') as f:
+            raw = f.read()
+    except OSError as e:
+        raise BadInputError(path, f'cannot read ({e.strerror})') from e
+    out = []
+    for no, line in enumerate(raw.splitlines(), 1):
+        try:
+            text = line.decode('utf-8').strip()
+        except UnicodeDecodeError:
+            out.append((no, None))
+            continue
+        if text:
+            out.append((no, text.lstrip('\ufeff')))
+    return out
 
 
 def read_lines(path: str) -> list[str]:
-    """Non-empty stripped lines of a text file; BadInputError if missing."""
-    try:
-        with open(path, encoding='utf-8') as f:
-            return [line.strip() for line in f if line.strip()]
-    except OSError as e:
-        raise BadInputError(path, f'cannot read ({e.strerror})') from e
+    """Non-empty stripped lines of a label file (all must be UTF-8).
+
+    Raises:
+      BadInputError: missing, unreadable, or a line that is not UTF-8.
+    """
+    lines = []
+    for no, text in list_lines(path):
+        if text is None:
+            raise BadInputError(f'{path}:{no}', 'not UTF-8')
+        lines.append(text)
+    return lines
+
+
+def undecodable(split_path: str, line_no: int) -> Item:
+    """The item of a list line that is not UTF-8: a counted skip."""
+    where = f'{split_path}:{line_no}'
+    return where, bad_input, (where, 'not UTF-8; line skipped')
 
 
 def first_existing(manual_dir: epath.Path, candidates: Sequence[str]) -> str:

@@ -75,10 +75,17 @@ class Diving48(base.VideoBuilder):
         entries = base.load_json(list_path)
         if not isinstance(entries, list):
             raise BadInputError(list_path, 'expected a JSON list of videos')
-        pairs = [(str(e.get('vid_name')), e.get('label')) for e in entries]
+        pairs, bad = [], []
+        for i, e in enumerate(entries):
+            if isinstance(e, dict) and 'vid_name' in e:
+                pairs.append((str(e['vid_name']), e.get('label')))
+            else:
+                bad.append((f'#{i}', base.bad_input, (
+                    list_path, f'entry {i} expected an object with "vid_name" '
+                    'and "label"')))
         items = _labelled_video_items(split, list_path, pairs, video_dir,
                                       names, self.builder_config)
-        return self._generate_checked(split, list_path, items)
+        return self._generate_checked(split, list_path, bad + items)
 
 
 @dataclasses.dataclass(eq=False)
@@ -135,10 +142,18 @@ class FineGym(base.VideoBuilder):
         return ';'.join(parts[3:]).strip()
 
     def _generate_examples(self, split, list_path, video_dir, names):
-        pairs = []
-        for line in base.read_lines(list_path):
+        pairs, bad = [], []
+        for line_no, line in base.list_lines(list_path):
+            if line is None:
+                bad.append(base.undecodable(list_path, line_no))
+                continue
             vid, _, label = line.rpartition(' ')
-            pairs.append((vid or line, label))
+            if not vid:
+                where = f'{list_path}:{line_no}'
+                bad.append((where, base.bad_input,
+                            (where, f'expected "<clip id> <label>", got {line!r}')))
+                continue
+            pairs.append((vid, label))
         items = _labelled_video_items(split, list_path, pairs, video_dir,
                                       names, self.builder_config)
-        return self._generate_checked(split, list_path, items)
+        return self._generate_checked(split, list_path, bad + items)

@@ -71,6 +71,11 @@ class SomethingSomethingV2(base.VideoBuilder):
             raise BadInputError(list_path, 'expected a JSON list of videos')
         items = []
         for i, entry in enumerate(entries):
+            if not isinstance(entry, dict):
+                items.append((f'#{i}', base.bad_input, (
+                    list_path, f'entry {i} expected an object with "id" and '
+                    f'"template", got {type(entry).__name__}')))
+                continue
             vid = str(entry.get('id', f'#{i}'))
             path = os.path.join(video_dir, f'{vid}.webm')
             name = template_to_name(str(entry.get('template', '')))
@@ -127,7 +132,10 @@ class SomethingSomethingV1(base.VideoBuilder):
     def _generate_examples(self, split: str, csv_path: str, frames_dir: str,
                            names: set[str]):
         items = []
-        for line_no, line in enumerate(base.read_lines(csv_path), 1):
+        for line_no, line in base.list_lines(csv_path):
+            if line is None:
+                items.append(base.undecodable(csv_path, line_no))
+                continue
             vid, sep, name = line.partition(';')
             if not sep or name not in names:
                 reason = ('expected "<id>;<class name>"' if not sep else

@@ -64,24 +64,31 @@ class VideoList(base.VideoBuilder):
 
     @staticmethod
     def _parse(path: str) -> list[tuple[str, int | None, int | str]]:
-        """Rows (frame_dir, num_frames or None, label int or bad text)."""
+        """Rows (frame_dir, num_frames or None, label int or the reason it is bad)."""
         rows = []
-        for line_no, line in enumerate(base.read_lines(path), 1):
-            parts = line.split(' ')
+        for line_no, line in base.list_lines(path):
+            where = f'{path}:{line_no}'
+            if line is None:
+                rows.append((where, None, 'not UTF-8; line skipped'))
+                continue
             try:
-                frame_dir, n, label = parts
-                rows.append((frame_dir, int(n), int(label)))
+                frame_dir, n, label = line.split(' ')
+                n, label = int(n), int(label)
             except ValueError:
-                rows.append((f'{path}:{line_no}', None, line))
+                rows.append((where, None, 'expected "<frame_dir> <num_frames> '
+                             f'<label>" with integer count and label, got {line!r}'))
+                continue
+            if n < 1:
+                rows.append((where, None, f'{frame_dir}: frame count {n} < 1'))
+            else:
+                rows.append((frame_dir, n, label))
         return rows
 
     def _generate_examples(self, split, list_path, rows, root, names):
         items = []
         for frame_dir, n, label in rows:
-            if n is None:
-                items.append((frame_dir, base.bad_input, (
-                    frame_dir, f'expected "<frame_dir> <num_frames> <label>", '
-                    f'got {label!r}')))
+            if n is None:  # frame_dir is 'list:line', label the reason
+                items.append((frame_dir, base.bad_input, (frame_dir, label)))
             elif not 0 <= label < len(names):
                 items.append((frame_dir, base.bad_input, (
                     list_path, f'{frame_dir}: label {label} is not one of the '

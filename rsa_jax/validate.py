@@ -1,0 +1,307 @@
+"""Config checks that run before any data build or compile (docs/reliability.md).
+
+``validate(config, workdir)`` raises ``ConfigError`` with one clear message for
+each mistake that would otherwise surface minutes later as a long traceback
+(or, for a crop larger than the stored frames, as a silent upscale that runs
+out of memory before step 1). ``check_overrides(argv)`` catches typo'd
+``--config.x=y`` keys before absl parses them; ``finished_run`` tells a rerun
+of a finished training run where its results are.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib.util
+import json
+import os
+import textwrap
+from collections.abc import Sequence
+from typing import Any
+
+from etils import epath
+
+DONE_FILE = "DONE.json"
+TORCHVISION_URL = "https://download.pytorch.org/models/resnet50-19c8e357.pth"
+# Mirrors rsa_jax.models (compute dtypes; parameters stay float32). Kept here so
+# the check needs no JAX import; tests/test_validate.py pins that they agree.
+DTYPES = ("float32", "bfloat16", "float16")
+SYNTHETIC = "synthetic_motion"
+
+
+class ConfigError(ValueError):
+    """A config/flag mistake found before any work starts; the message says how to fix it."""
+
+
+def _builder_classes() -> dict[str, type]:
+    """Our TFDS builders by dataset name (importing them registers them)."""
+    from rsa_jax.data import builders
+    classes = (builders.SyntheticMotion, builders.SomethingSomethingV2,
+               builders.SomethingSomethingV1, builders.Diving48, builders.FineGym,
+               builders.VideoList)
+    return {cls.name: cls for cls in classes}
+
+
+def _suggest(word: str, options: Sequence[str]) -> str:
+    close = difflib.get_close_matches(word, list(options), n=1)
+    return f'; did you mean {close[0]!r}?' if close else ''
+
+
+# ----------------------------------------------------------------- argv overrides
+
+def _load_config_file(spec: str) -> Any:
+    """Runs ``get_config`` of a config file given as ``path[:arg]``."""
+    path, _, arg = spec.partition(":")
+    if not os.path.isfile(path):
+        raise ConfigError(f"--config: file {path!r} not found")
+    module_spec = importlib.util.spec_from_file_location("_rsa_config", path)
+    module = importlib.util.module_from_spec(module_spec)
+    try:
+        module_spec.loader.exec_module(module)
+        return module.get_config(arg) if arg else module.get_config()
+    except Exception as e:  # any error in the user's file, named in one line
+        raise ConfigError(f"--config {spec}: get_config failed ({type(e).__name__}: {e})") from e
+
+
+def _config_spec(argv: Sequence[str]) -> str | None:
+    for i, a in enumerate(argv):
+        if a.startswith("--config="):
+            return a.split("=", 1)[1]
+        if a == "--config" and i + 1 < len(argv):
+            return argv[i + 1]
+    return None
+
+
+def check_overrides(argv: Sequence[str]) -> None:
+    """Checks the ``--config`` file loads and every ``--config.a.b[=v]`` names a field.
+
+    absl reports an unknown key as three chained tracebacks, and a missing
+    config file only when the config is first used; this names the flag (and
+    the closest existing key) at once.
+
+    Raises:
+      ConfigError: unknown key (with a suggestion), or a config file that is
+        missing or fails to load.
+    """
+    spec = _config_spec(argv)
+    if spec is None:
+        return
+    overrides = [a[len("--config."):].split("=", 1)[0] for a in argv
+                 if a.startswith("--config.")]
+    config = _load_config_file(spec)
+    for key in overrides:
+        node, walked = config, []
+        for part in key.split("."):
+            fields = list(node.keys()) if hasattr(node, "keys") else []
+            if part not in fields:
+                where = ".".join(walked) or "the config"
+                raise ConfigError(f"--config.{key}: {where} has no field {part!r}"
+                                  f"{_suggest(part, fields)} (fields: {', '.join(sorted(fields))})")
+            node = node[part]
+            walked.append(part)
+
+
+# ---------------------------------------------------------------------- checks
+
+# Workdirs and init_from may be gs:// paths (TPU pods): epath reads both.
+
+def _check_workdir(workdir: str) -> None:
+    path = epath.Path(workdir)
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"--workdir {workdir!r} is a file, not a directory")
+
+
+def _has_checkpoint(workdir: str) -> bool:
+    ckpt = epath.Path(workdir) / "checkpoints"
+    return ckpt.is_dir() and any(p.name.isdigit() for p in ckpt.iterdir())
+
+
+def _check_init(config: Any, workdir: str, mode: str) -> None:
+    """Paper configs start from ImageNet weights (docs/method.md#imagenet-init)."""
+    tv, init = config.get("torchvision_init"), config.get("init_from")
+    if tv and not os.path.isfile(tv):
+        raise ConfigError(f"--config.torchvision_init: file {tv!r} not found; get "
+                          f"resnet50-19c8e357.pth from {TORCHVISION_URL}")
+    if init and not epath.Path(init).is_dir():
+        raise ConfigError(f"--config.init_from: directory {init!r} not found")
+    if mode != "train":
+        if not (init or _has_checkpoint(workdir)):
+            raise ConfigError(f"--mode={mode}: no checkpoint in {workdir}/checkpoints and no "
+                              "--config.init_from=DIR: nothing to evaluate")
+        return
+    from_scratch = config.get("from_scratch", config.data.name == SYNTHETIC)
+    if tv or init or from_scratch or _has_checkpoint(workdir):
+        return
+    raise ConfigError(
+        "this config trains from ImageNet weights: pass --config.torchvision_init=PATH to "
+        f"torchvision's resnet50-19c8e357.pth (download {TORCHVISION_URL}) or "
+        "--config.init_from=DIR (an orbax checkpoint from rsa_jax.convert), or train from "
+        "random weights on purpose with --config.from_scratch=True")
+
+
+def _check_model(model: Any) -> None:
+    from rsa_jax.models.resnet_tsn import BACKBONES
+    backbone = model.get("backbone", "rsa")
+    if backbone not in BACKBONES:
+        raise ConfigError(f"--config.model.backbone={backbone!r} is not one of "
+                          f"{', '.join(BACKBONES)}{_suggest(str(backbone), BACKBONES)}")
+    dtype = model.get("dtype", "float32")
+    if dtype not in DTYPES:
+        raise ConfigError(f"--config.model.dtype={dtype!r} is not one of {', '.join(DTYPES)}"
+                          f"{_suggest(str(dtype), DTYPES)}")
+
+
+def _builder_config(cls: type, name: str | None, flag: str) -> Any:
+    configs = {c.name: c for c in cls.BUILDER_CONFIGS}
+    name = name or cls.DEFAULT_CONFIG_NAME
+    if name not in configs:
+        raise ConfigError(f"{flag}builder_config={name!r} is not a config of "
+                          f"{cls.name}: {', '.join(configs)}{_suggest(name, list(configs))}")
+    return configs[name]
+
+
+def _is_prepared(data: Any) -> bool:
+    from rsa_jax.data import pipeline
+    return pipeline._builder(data).is_prepared()
+
+
+def check_dataset(data: Any, flag: str = "--config.data.") -> Any:
+    """Dataset name, builder config and raw data of ``data`` (a config's data block).
+
+    Args:
+      data: needs ``name``; ``builder_config``, ``manual_dir``, ``data_dir`` optional.
+      flag: prefix of the flags named in messages (the data command uses '--').
+    Returns:
+      the TFDS builder config (its ``height``/``width`` are the stored frames).
+    Raises:
+      ConfigError: unknown dataset or builder config, or raw data needed and absent
+        (the message carries the builder's download instructions).
+    """
+    classes = _builder_classes()
+    if data.name not in classes:
+        raise ConfigError(f"{flag}name={data.name!r} is not one of our datasets: "
+                          f"{', '.join(sorted(classes))}{_suggest(data.name, list(classes))}")
+    cls = classes[data.name]
+    cfg = _builder_config(cls, data.get("builder_config"), flag)
+    instructions = getattr(cls, "MANUAL_DOWNLOAD_INSTRUCTIONS", None)
+    manual_dir = data.get("manual_dir")
+    if instructions and not (manual_dir and os.path.isdir(manual_dir)) \
+            and not _is_prepared(data):
+        problem = ("is not set" if not manual_dir else f"{manual_dir!r} is not a directory")
+        raise ConfigError(
+            f"{data.name} is not built yet and {flag}manual_dir {problem}; put the raw "
+            "data there as follows:\n" + textwrap.indent(textwrap.dedent(instructions), "  "))
+    return cfg
+
+
+def check_data(data: Any) -> None:
+    """check_dataset, then crop size, frame count and test views against the stored frames."""
+    cfg = check_dataset(data)
+    height, width = getattr(cfg, "height", 240), getattr(cfg, "width", 320)  # as pipeline.py
+    side = min(height, width)
+    if not 1 <= data.image_size <= side:
+        raise ConfigError(
+            f"--config.data.image_size={data.image_size} must be in [1, {side}]: "
+            f"{data.name}/{cfg.name} stores {height}x{width} frames and crops are taken "
+            "from them (a larger crop would be upscaled)")
+    if data.num_frames < 1:
+        raise ConfigError(f"--config.data.num_frames={data.num_frames} must be >= 1")
+    clips, crops = data.get("test_num_clips", 1), data.get("test_num_crops", 1)
+    if clips < 1:
+        raise ConfigError(f"--config.data.test_num_clips={clips} must be >= 1")
+    if crops not in (1, 3):
+        raise ConfigError(f"--config.data.test_num_crops={crops} must be 1 or 3")
+
+
+def mesh_sizes(mesh_shape: Any, num_devices: int) -> dict[str, int]:
+    """Axis sizes of ``mesh_shape`` on ``num_devices`` devices (-1 resolved).
+
+    Raises:
+      ConfigError: no 'data' axis, several -1, or a product other than num_devices.
+    """
+    shape = dict(mesh_shape or {"data": -1})
+    if "data" not in shape:
+        raise ConfigError(f"--config.mesh_shape={shape} needs a 'data' axis")
+    if list(shape.values()).count(-1) > 1:
+        raise ConfigError(f"--config.mesh_shape={shape}: at most one axis may be -1")
+    known = 1
+    for size in shape.values():
+        known *= size if size != -1 else 1
+    sizes = {k: (num_devices // known if v == -1 else v) for k, v in shape.items()}
+    total = 1
+    for size in sizes.values():
+        total *= size
+    if total != num_devices or min(sizes.values()) < 1:
+        need = f"a multiple of {known}" if -1 in shape.values() else str(known)
+        raise ConfigError(f"--config.mesh_shape={shape} needs {need} devices but this run "
+                          f"has {num_devices}")
+    return sizes
+
+
+def _check_batches(config: Any, num_devices: int, num_processes: int) -> None:
+    data = mesh_sizes(config.get("mesh_shape"), num_devices)["data"]
+    accum = config.get("grad_accum_steps", 1)
+    if accum < 1:
+        raise ConfigError(f"--config.grad_accum_steps={accum} must be >= 1")
+    checks = (("global_batch_size", data * accum,
+               f"{data} data-parallel devices x grad_accum_steps {accum}"),
+              ("global_batch_size", num_processes, f"{num_processes} processes"),
+              ("eval_batch_size", data, f"{data} data-parallel devices"),
+              ("test_batch_size", data, f"{data} data-parallel devices"))
+    for key, divisor, why in checks:
+        value = config.get(key)
+        if value is not None and (value < 1 or value % divisor):
+            raise ConfigError(f"--config.{key}={value} must be a positive multiple of "
+                              f"{divisor} ({why})")
+
+
+def validate(config: Any, workdir: str, *, mode: str = "train",
+             num_devices: int | None = None, num_processes: int = 1) -> None:
+    """All checks; cheap (no data read, no JAX device touched).
+
+    Args:
+      config: the run's ConfigDict.
+      workdir: the --workdir value.
+      mode: 'train', 'eval' or 'test' (eval/test need a checkpoint, not an init).
+      num_devices: global device count; None skips the mesh and batch checks.
+      num_processes: process count (the global batch is split over processes).
+    Raises:
+      ConfigError: the first problem found, in one message naming the flag.
+    """
+    _check_workdir(workdir)
+    _check_init(config, workdir, mode)
+    _check_model(config.model)
+    check_data(config.data)
+    if num_devices is not None:
+        _check_batches(config, num_devices, num_processes)
+
+
+def write_done(workdir: str, config: Any, metrics: dict[str, float]) -> str:
+    """Marks a training run finished (main.py calls it after train_and_evaluate)."""
+    path = epath.Path(workdir) / DONE_FILE
+    path.write_text(json.dumps({"num_epochs": config.get("num_epochs"),
+                                "num_train_steps": config.get("num_train_steps"),
+                                "metrics": {k: float(v) for k, v in metrics.items()}},
+                               indent=2))
+    return str(path)
+
+
+def finished_run(config: Any, workdir: str) -> str | None:
+    """A message if ``workdir`` holds a finished run of this schedule, else None.
+
+    A run whose ``num_epochs``/``num_train_steps`` were raised since is not
+    finished: training resumes from its last checkpoint.
+    """
+    path = epath.Path(workdir) / DONE_FILE
+    if not path.is_file():
+        return None
+    done = json.loads(path.read_text())
+    if (done.get("num_epochs"), done.get("num_train_steps")) != (
+            config.get("num_epochs"), config.get("num_train_steps")):
+        return None
+    found = done.get("metrics", {})
+    shown = {k: found[k] for k in ("top1", "top5") if k in found} or found
+    metrics = ", ".join(f"{k} {v:.2f}" for k, v in shown.items())
+    return (f"{workdir} holds a finished run ({metrics}): checkpoints in "
+            f"{os.path.join(workdir, 'checkpoints')}, eval scores in "
+            f"{os.path.join(workdir, 'eval')}; use --mode=test to evaluate it, or a new "
+            f"--workdir (or delete {path}) to train again")
