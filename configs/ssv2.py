@@ -85,6 +85,7 @@ def get_config(arg: str = "16") -> ml_collections.ConfigDict:
     c.from_scratch = False
 
     c.log_every_steps = 100
+    c.profile_steps = ""                   # "a,b": jax.profiler trace of steps a..b in <workdir>/profile
     c.eval_every_epochs = 5                # official eval_freq 5 (+ last 10 epochs)
     c.checkpoint_every_steps = 2640        # about one epoch
     c.keep_checkpoints = 3

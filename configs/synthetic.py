@@ -77,6 +77,7 @@ def get_config(arg: str = "rsa") -> ml_collections.ConfigDict:
     c.from_scratch = True                  # the demo net has no ImageNet counterpart
 
     c.log_every_steps = 96
+    c.profile_steps = ""                   # "a,b": jax.profiler trace of steps a..b in <workdir>/profile
     c.eval_every_epochs = 10
     c.checkpoint_every_steps = 0           # 0: with every evaluation
     c.keep_checkpoints = 2

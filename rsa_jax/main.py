@@ -8,7 +8,11 @@ build or compile (docs/reliability.md).
 """
 
 import logging as std_logging
+import os
 import sys
+
+# Before TensorFlow is imported (by TFDS): hides its C++ INFO notices (oneDNN).
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
 
 from absl import app, flags, logging
 from ml_collections import config_flags
@@ -60,6 +64,8 @@ def main(argv):
     del argv
     if not FLAGS.library_logs:
         logging.get_absl_handler().addFilter(_QuietLibraries())
+        from rsa_jax.train import writers
+        writers.quiet_console()
     from rsa_jax import parallel  # imports jax; distributed start-up must come first
     parallel.initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes,
                                     FLAGS.process_id)
@@ -81,6 +87,8 @@ def main(argv):
         print(done, flush=True)
         return
     from rsa_jax.train import train
+    from rsa_jax.train.checkpoint import CheckpointError
+    from rsa_jax.train.preemption import Preempted
     if not parallel.is_main_process():
         logging.set_verbosity(logging.WARNING)
     try:
@@ -90,8 +98,12 @@ def main(argv):
                 validate.write_done(workdir, config, metrics)
         else:
             train.evaluate_checkpoint(config, workdir, mode=FLAGS.mode)
-    except (BadInputError, EmptySplitError) as e:  # raw data: file and reason, no traceback
+    except (BadInputError, EmptySplitError, CheckpointError) as e:  # one line, no traceback
         _fatal(e)
+    except Preempted as e:  # checkpoint written; the scheduler may restart the same command
+        if parallel.is_main_process():
+            print(f"{e}", flush=True)
+        sys.exit(e.exit_code)
 
 
 if __name__ == "__main__":

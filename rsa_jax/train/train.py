@@ -11,20 +11,21 @@ from __future__ import annotations
 import json
 import os
 import time
-from typing import Any
 
 import jax
 import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
+from clu import parameter_overview
 
 from rsa_jax import parallel
 from rsa_jax.data import pipeline
 from rsa_jax.models import build_model
 from rsa_jax.train import evaluate as eval_lib
-from rsa_jax.train import optim, step as step_lib
-from rsa_jax.train.checkpoint import Checkpointer, abstract_like
+from rsa_jax.train import optim, preemption, progress, writers
+from rsa_jax.train import step as step_lib
+from rsa_jax.train.checkpoint import Checkpointer, abstract_like, check_resume_config
 from rsa_jax.train.writers import create_writer
 
 
@@ -86,8 +87,42 @@ def _save_config(config, workdir: str) -> None:
 
 def _progress(step, num_steps, summary, clips_per_s, eta_s) -> str:
     return (f"step {step}/{num_steps}  loss {summary['loss']:.4f}  "
-            f"acc {100 * summary['accuracy']:.1f}%  lr {summary['learning_rate']:.3g}  "
+            f"acc {summary['accuracy']:.1f}%  lr {summary['learning_rate']:.3g}  "
             f"{clips_per_s:.1f} clips/s  ETA {eta_s / 60:.1f} min")
+
+
+def _timing_text(timing: dict[str, float], rates: dict[str, float], clock) -> str:
+    """Where the time goes (docs/reliability.md#where-time-goes)."""
+    return (f"  data {timing['data_wait_ms']:.0f} + device {timing['device_wait_ms']:.0f} "
+            f"of {timing['step_ms']:.0f} ms/step  "
+            f"{rates['images_per_s_per_device']:.1f} img/s/device  "
+            f"{clock.core_hours():.2f} core-h")
+
+
+def _restore_or_init(config, workdir, ckpt, state, shardings, train_iter):
+    """Newest usable checkpoint (skipping damaged ones), else the initial weights."""
+    start, restored, train_iter = ckpt.restore_latest(abstract_like(state, shardings), train_iter)
+    if start is not None:
+        logging.info("Resumed from %s/%d", ckpt.directory, start)
+        return start, restored, train_iter
+    return 0, load_pretrained(config, state, shardings), train_iter
+
+
+def _log_start(config, writer, state, start: int) -> None:
+    if start == 0:
+        writer.write_hparams(writers.flat_hparams(config))
+    if parallel.is_main_process():
+        logging.info("Parameters:\n%s", parameter_overview.get_parameter_overview(
+            jax.device_get(state.params), include_stats=False))
+
+
+def _stop_for_preemption(guard, ckpt, step, state, train_iter) -> None:
+    """Saves (state + iterator) at ``step`` unless already saved, then raises Preempted."""
+    with guard.saving():
+        if ckpt.latest_step() != step:
+            ckpt.save(step, state, train_iter)
+        ckpt.wait()
+    raise preemption.Preempted(step, ckpt.directory, guard.reason or "stop requested")
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
@@ -98,7 +133,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     Raises:
       FloatingPointError: when the training loss becomes NaN/inf; the last good
         checkpoint is kept in ``<workdir>/checkpoints``.
+      preemption.Preempted: after SIGTERM/SIGINT or a preemption notice, once
+        the checkpoint of the step where all hosts stopped is written.
+      CheckpointError: the workdir's checkpoints are all unusable, or its
+        config.json differs in a shape-relevant field.
     """
+    check_resume_config(workdir, config)
     _save_config(config, workdir)
     mesh = parallel.create_mesh(config.get("mesh_shape"))
     _prepare_data(config)
@@ -109,59 +149,78 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     eval_every = max(1, int(config.eval_every_epochs * steps_per_epoch))
     ckpt_every = config.checkpoint_every_steps or eval_every
 
+    clock = progress.RunClock(workdir, jax.device_count(), write=parallel.is_main_process())
+    profiler = progress.Profiler(config.get("profile_steps"), workdir)
     state, shardings, train_fn, eval_fn = setup(config, mesh, steps_per_epoch)
     train_iter = pipeline.create_iterator(
         config.data, split=config.train_split, mode="train",
         global_batch_size=config.global_batch_size, process_index=jax.process_index(),
         process_count=jax.process_count(), seed=config.seed)
     ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), keep=config.keep_checkpoints)
-    start = ckpt.latest_step()
-    if start is not None:
-        state, train_iter = ckpt.restore(start, abstract_like(state, shardings), train_iter)
-        logging.info("Resumed from %s/%d", ckpt.directory, start)
-    else:
-        start = 0
-        state = load_pretrained(config, state, shardings)
+    start, state, train_iter = _restore_or_init(config, workdir, ckpt, state, shardings,
+                                                train_iter)
     writer = create_writer(workdir)
-    if start == 0:
-        writer.write_hparams({k: v for k, v in config.to_dict().items()
-                              if isinstance(v, (int, float, str, bool))})
+    _log_start(config, writer, state, start)
     logging.info("%d train videos, %d steps/epoch, %d steps of %d clips", n_train,
                  steps_per_epoch, num_steps, config.global_batch_size)
 
     acc, last, eval_metrics = None, None, {}
-    t0, t_step = time.time(), start
-    for step in range(start + 1, num_steps + 1):
-        batch = parallel.shard_batch(next(train_iter), mesh)
-        state, last = train_fn(state, batch)
-        acc = last if acc is None else acc.merge(last)
-        is_last = step == num_steps
-        if step % config.log_every_steps == 0 or is_last:
-            summary = {k: float(v) for k, v in acc.compute().items()}
-            _check_finite(summary["loss"], step, ckpt)
-            dt = time.time() - t0
-            rate = (step - t_step) * config.global_batch_size / dt
-            eta = (num_steps - step) * dt / (step - t_step)
-            writer.write_scalars(step, {f"train/{k}": v for k, v in summary.items()}
-                                 | {"train/clips_per_s": rate})
-            if parallel.is_main_process():
-                print(_progress(step, num_steps, summary, rate, eta), flush=True)
-            acc, t0, t_step = None, time.time(), step
-        if step % eval_every == 0 or is_last:
-            eval_metrics, scores = eval_lib.evaluate(
-                eval_fn, state, config.data, mesh, split=config.eval_split, mode="eval",
-                global_batch_size=config.eval_batch_size)
-            writer.write_scalars(step, {f"eval/{k}": v for k, v in eval_metrics.items()})
-            if parallel.is_main_process():
-                print(f"step {step}: {config.eval_split} top1 {eval_metrics['top1']:.2f}% "
-                      f"top5 {eval_metrics['top5']:.2f}%", flush=True)
-            if is_last:
-                eval_lib.write_scores(eval_lib.scores_path(workdir, config.eval_split), scores,
-                                      num_frames=config.data.num_frames)
-        if step % ckpt_every == 0 or is_last:
-            _check_finite(float(last.compute()["loss"]), step, ckpt)
-            ckpt.save(step, state, train_iter,
-                      metrics=eval_metrics if step % eval_every == 0 or is_last else None)
+    t0, t_step, first_interval = time.time(), start, True
+    timer = progress.StepTimer()
+    with preemption.PreemptionGuard() as guard:
+        for step in range(start + 1, num_steps + 1):
+            profiler.before_step(step)
+            with timer.data():
+                batch = parallel.shard_batch(next(train_iter), mesh)
+            state, last = train_fn(state, batch)
+            timer.dispatched(last)
+            profiler.after_step(step, last)
+            acc = last if acc is None else acc.merge(last)
+            is_last = step == num_steps
+            if step % config.log_every_steps == 0 or is_last:
+                timer.drain()
+                summary = {k: float(v) for k, v in acc.compute().items()}
+                summary["accuracy"] *= 100   # percent, as eval top1/top5
+                _check_finite(summary["loss"], step, ckpt)
+                dt = time.time() - t0
+                timing = timer.interval()
+                rates = progress.throughput(timing, config.global_batch_size,
+                                            config.data.num_frames, jax.device_count())
+                eta = clock.eta_s(num_steps - step, dt / (step - t_step), first_interval)
+                clock.save(step)
+                writer.write_scalars(step, {f"train/{k}": v for k, v in summary.items()}
+                                     | {f"train/{k}": v for k, v in timing.items()
+                                        if k != "steps"}
+                                     | {f"train/{k}": v for k, v in rates.items()}
+                                     | {"train/core_hours": clock.core_hours()})
+                if parallel.is_main_process():
+                    print(_progress(step, num_steps, summary, rates["clips_per_s"], eta)
+                          + _timing_text(timing, rates, clock), flush=True)
+                acc, t0, t_step, first_interval = None, time.time(), step, False
+            if step % eval_every == 0 or is_last:
+                timer.drain()
+                eval_metrics, scores = eval_lib.evaluate(
+                    eval_fn, state, config.data, mesh, split=config.eval_split, mode="eval",
+                    global_batch_size=config.eval_batch_size)
+                writer.write_scalars(step, {f"eval/{k}": v for k, v in eval_metrics.items()})
+                if parallel.is_main_process():
+                    print(f"step {step}: {config.eval_split} top1 {eval_metrics['top1']:.2f}% "
+                          f"top5 {eval_metrics['top5']:.2f}%", flush=True)
+                if is_last:
+                    eval_lib.write_scores(eval_lib.scores_path(workdir, config.eval_split),
+                                          scores, num_frames=config.data.num_frames)
+            if step % ckpt_every == 0 or is_last:
+                timer.drain()
+                _check_finite(float(last.compute()["loss"]), step, ckpt)
+                ckpt.save(step, state, train_iter,
+                          metrics=eval_metrics if step % eval_every == 0 or is_last else None)
+            if not is_last and guard.should_stop(step):
+                profiler.close()
+                clock.save(step)
+                writer.flush()
+                _stop_for_preemption(guard, ckpt, step, state, train_iter)
+    profiler.close()
+    clock.save(num_steps)
     ckpt.close()
     writer.flush()
     writer.close()

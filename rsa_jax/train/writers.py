@@ -1,4 +1,5 @@
-"""Metric writers: clu's default writer (TensorBoard + log) plus ``metrics.jsonl``.
+"""Metric writers: clu's default writer (TensorBoard + log) plus ``metrics.jsonl``;
+flattened hparams; console filters for library noise.
 
 Only process 0 writes; the others get a logging-only writer.
 """
@@ -6,8 +7,10 @@ Only process 0 writes; the others get a logging-only writer.
 from __future__ import annotations
 
 import json
+import logging as std_logging
 import os
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from clu import metric_writers
 from clu.metric_writers import interface
@@ -62,3 +65,44 @@ def create_writer(workdir: str) -> metric_writers.MetricWriter:
         return default
     os.makedirs(workdir, exist_ok=True)
     return metric_writers.MultiWriter([default, JsonlWriter(os.path.join(workdir, "metrics.jsonl"))])
+
+
+def flat_hparams(config: Any) -> dict[str, Any]:
+    """The whole config as TensorBoard hparams: nested fields become
+    ``model.depth``, ``data.num_frames``, ...; lists and None become strings."""
+    def walk(tree: Mapping[str, Any], prefix: str) -> dict[str, Any]:
+        out = {}
+        for k, v in tree.items():
+            if isinstance(v, Mapping):
+                out.update(walk(v, f"{prefix}{k}."))
+            elif isinstance(v, (bool, int, float, str)):
+                out[f"{prefix}{k}"] = v
+            else:
+                out[f"{prefix}{k}"] = json.dumps(v, default=str)
+        return out
+    return walk(config.to_dict(), "")
+
+
+# Messages that say nothing about the run: JAX probing for a TPU on a GPU/CPU
+# machine, orbax noting that an eval-time (read-only) manager will not save.
+NOISE = ("Unable to initialize backend", "is read only")
+
+
+class DropNoise(std_logging.Filter):
+    """Drops the records of ``NOISE`` (oneDNN's notice is C++: TF_CPP_MIN_LOG_LEVEL)."""
+
+    def filter(self, record: std_logging.LogRecord) -> bool:
+        try:
+            message = record.getMessage()
+        except (TypeError, ValueError):
+            return True
+        return not any(n in message for n in NOISE)
+
+
+def quiet_console() -> None:
+    """Installs ``DropNoise`` on absl's handler and on the loggers that emit it."""
+    from absl import logging as absl_logging
+    noise = DropNoise()
+    absl_logging.get_absl_handler().addFilter(noise)
+    for name in ("jax._src.xla_bridge", "absl"):
+        std_logging.getLogger(name).addFilter(noise)
