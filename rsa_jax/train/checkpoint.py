@@ -126,17 +126,16 @@ def _one_line(error: Exception, limit: int = 300) -> str:
 
 
 def _damage(step_dir: str) -> str | None:
-    """Cheap checks orbax's own errors would report without a file name.
+    """Cheap checks for damage orbax reports without the file's name.
 
-    Only the item metadata and the iterator states are read: a cut
+    Only the state's metadata and this process's iterator state are read: a cut
     ``_CHECKPOINT_METADATA`` does not prevent a restore, so it is not checked.
     """
     for item in ("state", "data"):
         if not os.path.isdir(os.path.join(step_dir, item)):
             return f"item folder '{item}/' is missing"
-    data_dir = os.path.join(step_dir, "data")
-    paths = [os.path.join(step_dir, "state", "_METADATA")] + [
-        os.path.join(data_dir, f) for f in sorted(os.listdir(data_dir)) if f.endswith(".json")]
+    own = f"process_{jax.process_index()}-of-{jax.process_count()}.json"   # grain's name
+    paths = [os.path.join(step_dir, "state", "_METADATA"), os.path.join(step_dir, "data", own)]
     for path in paths:
         rel = os.path.relpath(path, step_dir)
         try:
