@@ -101,8 +101,7 @@ def main(argv):
     except (BadInputError, EmptySplitError, CheckpointError) as e:  # one line, no traceback
         _fatal(e)
     except Preempted as e:  # checkpoint written; the scheduler may restart the same command
-        if parallel.is_main_process():
-            print(f"{e}", flush=True)
+        print(e, flush=True)   # every host: each host's log says why it stopped
         sys.exit(e.exit_code)
 
 

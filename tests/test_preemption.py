@@ -9,7 +9,9 @@ stop step is known: 3, which is not a checkpoint step (every 4).
 
 import json
 import os
+import re
 import signal
+import time
 
 import jax
 import ml_collections
@@ -116,3 +118,54 @@ def test_sigterm_mid_epoch_then_rerun_is_bit_identical(data_dir, tmp_path, monke
     assert clock["restarts"] == 1 and clock["step"] == 6 and clock["core_hours"] > 0
     rows = [json.loads(line) for line in open(os.path.join(part, "metrics.jsonl"))]
     assert [r["step"] for r in rows if "train/loss" in r] == [1, 2, 3, 4, 5, 6]
+
+
+# Two processes (the harness of tests/test_multihost_train.py): SIGTERM reaches
+# process 1 only; both must stop at the same step, save it together, exit 143,
+# and a restart of both must end bit-identical to an uninterrupted run.
+MULTIHOST = {"num_train_steps": 8, "checkpoint_every_steps": 4}
+
+
+@pytest.fixture(scope="module")
+def two_process_dir(tmp_path_factory):
+    from test_multihost_train import CONFIG_PY, OVERRIDES
+    d = tmp_path_factory.mktemp("preempt_multihost")
+    overrides = {**OVERRIDES, **MULTIHOST, "data.data_dir": str(d / "tfds")}
+    (d / "tiny_config.py").write_text(CONFIG_PY.format(overrides=overrides))
+    return d
+
+
+def _train_rows(workdir):
+    path = os.path.join(workdir, "metrics.jsonl")
+    if not os.path.exists(path):
+        return 0
+    return sum('"train/loss"' in line for line in open(path))
+
+
+@pytest.mark.slow
+def test_two_processes_sigterm_one_host_then_rerun_is_bit_identical(two_process_dir):
+    from test_multihost_train import _kill, _run, _start, _tail
+    d = two_process_dir
+    full, part = str(d / "full"), str(d / "part")
+    _run(d, full)
+    procs = _start(d, part, "preempted")
+    try:
+        deadline = time.time() + 240
+        while _train_rows(part) < 2 and time.time() < deadline:
+            assert all(p.poll() is None for p in procs), _tail(procs)
+            time.sleep(0.05)
+        os.kill(procs[1].pid, signal.SIGTERM)              # one host is preempted
+        codes = [p.wait(timeout=240) for p in procs]
+    finally:
+        _kill(procs)
+    assert codes == [143, 143], _tail(procs)
+    log0, log1 = (open(p.log_path).read() for p in procs)
+    m = re.search(r"a signal on another host: stopped at step (\d+)", log0)
+    assert m, _tail(procs)
+    stop = int(m.group(1))
+    assert 2 <= stop < 8 and f"SIGTERM: stopped at step {stop}" in log1
+    assert os.path.isdir(os.path.join(part, "checkpoints", str(stop), "data"))
+    _run(d, part, tag="resumed")
+    a, b = leaves(full, 8), leaves(part, 8)
+    assert len(a) == len(b) > 20
+    assert all(np.array_equal(x, y) for x, y in zip(a, b))
