@@ -5,7 +5,7 @@ and compare the end with an uninterrupted run.
 
 Trains the tiny synthetic net (as tests/test_train_loop.py, one CPU device, a
 checkpoint every step) with ``python -m rsa_jax.main``. Kill moments come from
-a seeded RNG: after 1-3 new logged steps plus a random fraction of a second,
+a seeded RNG: after 1-3 new logged steps plus up to 1 s,
 or, for about a third of the kills, the moment an orbax temporary checkpoint
 folder appears (a checkpoint write in progress). After the N kills the run is
 restarted once more and left to finish; then the final parameters, batch
@@ -51,10 +51,20 @@ def _overrides(data_dir: str, steps: int) -> dict:
             "eval_every_epochs": 1000, "checkpoint_every_steps": 1, "keep_checkpoints": 3}
 
 
+def _snapshot(root: str) -> str:
+    """A copy of the code: every attempt must run the same code, even if the
+    working tree is edited during the (long) benchmark."""
+    src = os.path.join(root, "src")
+    for name in ("rsa_jax", "configs"):
+        shutil.copytree(os.path.join(ROOT, name), os.path.join(src, name), dirs_exist_ok=True,
+                        ignore=shutil.ignore_patterns("__pycache__"))
+    return src
+
+
 def _env(root: str) -> dict:
     env = {k: v for k, v in os.environ.items()
            if not k.startswith(("SLURM_", "RSA_", "JAX_", "TPU_", "XLA_"))}
-    env.update(JAX_PLATFORMS="cpu", PYTHONPATH=ROOT, TF_CPP_MIN_LOG_LEVEL="3",
+    env.update(JAX_PLATFORMS="cpu", PYTHONPATH=os.path.join(root, "src"), TF_CPP_MIN_LOG_LEVEL="3",
                PYTHONUNBUFFERED="1", JAX_COMPILATION_CACHE_DIR=os.path.join(root, "jit_cache"),
                JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
     return env
@@ -64,7 +74,7 @@ def _start(root: str, workdir: str, tag: str) -> subprocess.Popen:
     log = open(f"{workdir}.{tag}.log", "w")
     proc = subprocess.Popen(
         [sys.executable, "-m", "rsa_jax.main", f"--config={root}/tiny_config.py",
-         f"--workdir={workdir}"], cwd=ROOT, env=_env(root), stdout=log,
+         f"--workdir={workdir}"], cwd=os.path.join(root, "src"), env=_env(root), stdout=log,
         stderr=subprocess.STDOUT, start_new_session=True)
     log.close()
     return proc
@@ -102,7 +112,7 @@ def _wait_exit(proc: subprocess.Popen, what: str) -> None:
 def _kill_once(proc, workdir: str, rng: np.random.Generator) -> str | None:
     """Kills ``proc`` at a random moment; returns 'step' / 'write', or None if it finished."""
     in_write = rng.random() < 1 / 3
-    wait_rows, delay = int(rng.integers(1, 4)), float(rng.uniform(0, 0.5))
+    wait_rows, delay = int(rng.integers(1, 4)), float(rng.uniform(0, 1.0))
     seen = len(_rows(workdir))
     while proc.poll() is None and len(_rows(workdir)) < seen + (1 if in_write else wait_rows):
         time.sleep(0.01)
@@ -142,6 +152,7 @@ def _last_metrics(workdir: str) -> dict:
 def run(kills: int, seed: int, steps: int, root: str) -> dict:
     """The benchmark; returns the JSON row."""
     data_dir = os.path.join(root, "tfds")
+    _snapshot(root)
     with open(os.path.join(root, "tiny_config.py"), "w") as f:
         f.write(CONFIG_PY.format(overrides=_overrides(data_dir, steps)))
     reference, chaos = os.path.join(root, "reference"), os.path.join(root, "chaos")

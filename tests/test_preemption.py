@@ -169,3 +169,17 @@ def test_two_processes_sigterm_one_host_then_rerun_is_bit_identical(two_process_
     a, b = leaves(full, 8), leaves(part, 8)
     assert len(a) == len(b) > 20
     assert all(np.array_equal(x, y) for x, y in zip(a, b))
+
+
+@pytest.mark.slow
+def test_chaos_resume_two_kills_is_bit_identical(tmp_path):
+    """benchmarks/chaos_resume.py with a small N (docs/reliability.md; N = 20 in
+    benchmarks/RESULTS.md): SIGKILLs, one of them inside a checkpoint write."""
+    import sys
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(__file__)), "benchmarks"))
+    import chaos_resume
+    row = chaos_resume.main(["--kills", "2", "--steps", "8", "--seed", "0",
+                             "--workdir", str(tmp_path)])
+    assert row["kills"] == 2 and row["restarts"] == 2 and row["kills_in_checkpoint_write"] == 1
+    assert row["bit_identical"] and row["metrics_identical"]
+    assert row["arrays_compared"] > 20 and row["metric_values_compared"] >= 8 * 4

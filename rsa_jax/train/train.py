@@ -99,6 +99,27 @@ def _timing_text(timing: dict[str, float], rates: dict[str, float], clock) -> st
             f"{clock.core_hours():.2f} core-h")
 
 
+def _log_train(config, writer, ckpt, clock, timer, acc, step: int, num_steps: int,
+               sec_per_step: float, first_interval: bool) -> None:
+    """Progress line and train/* scalars for the steps since the last call."""
+    timer.drain()
+    summary = {k: float(v) for k, v in acc.compute().items()}
+    summary["accuracy"] *= 100   # percent, as eval top1/top5
+    _check_finite(summary["loss"], step, ckpt)
+    timing = timer.interval()
+    rates = progress.throughput(timing, config.global_batch_size, config.data.num_frames,
+                                jax.device_count())
+    eta = clock.eta_s(num_steps - step, sec_per_step, first_interval)
+    clock.save(step)
+    writer.write_scalars(step, {f"train/{k}": v for k, v in summary.items()}
+                         | {f"train/{k}": v for k, v in timing.items() if k != "steps"}
+                         | {f"train/{k}": v for k, v in rates.items()}
+                         | {"train/core_hours": clock.core_hours()})
+    if parallel.is_main_process():
+        print(_progress(step, num_steps, summary, rates["clips_per_s"], eta)
+              + _timing_text(timing, rates, clock), flush=True)
+
+
 def _restore_or_init(config, workdir, ckpt, state, shardings, train_iter):
     """Newest usable checkpoint (skipping damaged ones), else the initial weights."""
     start, restored, train_iter = ckpt.restore_latest(abstract_like(state, shardings), train_iter)
@@ -178,24 +199,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             acc = last if acc is None else acc.merge(last)
             is_last = step == num_steps
             if step % config.log_every_steps == 0 or is_last:
-                timer.drain()
-                summary = {k: float(v) for k, v in acc.compute().items()}
-                summary["accuracy"] *= 100   # percent, as eval top1/top5
-                _check_finite(summary["loss"], step, ckpt)
-                dt = time.time() - t0
-                timing = timer.interval()
-                rates = progress.throughput(timing, config.global_batch_size,
-                                            config.data.num_frames, jax.device_count())
-                eta = clock.eta_s(num_steps - step, dt / (step - t_step), first_interval)
-                clock.save(step)
-                writer.write_scalars(step, {f"train/{k}": v for k, v in summary.items()}
-                                     | {f"train/{k}": v for k, v in timing.items()
-                                        if k != "steps"}
-                                     | {f"train/{k}": v for k, v in rates.items()}
-                                     | {"train/core_hours": clock.core_hours()})
-                if parallel.is_main_process():
-                    print(_progress(step, num_steps, summary, rates["clips_per_s"], eta)
-                          + _timing_text(timing, rates, clock), flush=True)
+                _log_train(config, writer, ckpt, clock, timer, acc, step, num_steps,
+                           (time.time() - t0) / (step - t_step), first_interval)
                 acc, t0, t_step, first_interval = None, time.time(), step, False
             if step % eval_every == 0 or is_last:
                 timer.drain()
