@@ -148,3 +148,15 @@ def test_no_checkpoint_means_no_check(tmp_path):
     saved = synthetic.get_config()
     saved.model.depth = 50
     check_resume_config(_workdir_with(tmp_path, saved, checkpoint=False), synthetic.get_config())
+
+
+def test_training_checks_before_overwriting_config_json(tmp_path):
+    saved = synthetic.get_config()
+    workdir = _workdir_with(tmp_path, saved)
+    before = open(os.path.join(workdir, "config.json")).read()
+    now = synthetic.get_config()
+    now.model.width = 32
+    from rsa_jax.train import train
+    with pytest.raises(CheckpointError, match=r"model.width: 16 -> 32"):
+        train.train_and_evaluate(now, workdir)   # stops before any build or compile
+    assert open(os.path.join(workdir, "config.json")).read() == before

@@ -133,8 +133,9 @@ def _log_start(config, writer, state, start: int) -> None:
     if start == 0:
         writer.write_hparams(writers.flat_hparams(config))
     if parallel.is_main_process():
+        # Shapes and sizes only: no device-to-host copy, works for sharded params.
         logging.info("Parameters:\n%s", parameter_overview.get_parameter_overview(
-            jax.device_get(state.params), include_stats=False))
+            state.params, include_stats=False))
 
 
 def _stop_for_preemption(guard, ckpt, step, state, train_iter) -> None:
