@@ -78,7 +78,8 @@ class PreemptionGuard:
 
     def __exit__(self, *exc) -> None:
         for s, handler in self._previous.items():
-            signal.signal(s, handler)
+            if handler is not None:   # None: a C handler Python cannot reinstall
+                signal.signal(s, handler)
         self._previous.clear()
 
     @property
