@@ -220,9 +220,9 @@ def mesh_sizes(mesh_shape: Any, num_devices: int) -> dict[str, int]:
     """
     shape = dict(mesh_shape or {"data": -1})
     if "data" not in shape:
-        raise ConfigError(f"--config.mesh_shape={shape} needs a 'data' axis")
+        raise ConfigError(f"--config.mesh_shape ({shape}) needs a 'data' axis")
     if list(shape.values()).count(-1) > 1:
-        raise ConfigError(f"--config.mesh_shape={shape}: at most one axis may be -1")
+        raise ConfigError(f"--config.mesh_shape ({shape}): at most one axis may be -1")
     known = 1
     for size in shape.values():
         known *= size if size != -1 else 1
@@ -232,7 +232,7 @@ def mesh_sizes(mesh_shape: Any, num_devices: int) -> dict[str, int]:
         total *= size
     if total != num_devices or min(sizes.values()) < 1:
         need = f"a multiple of {known}" if -1 in shape.values() else str(known)
-        raise ConfigError(f"--config.mesh_shape={shape} needs {need} devices but this run "
+        raise ConfigError(f"--config.mesh_shape ({shape}) needs {need} devices but this run "
                           f"has {num_devices}")
     return sizes
 
