@@ -7,6 +7,7 @@ signal is sent from inside the loop (when the third batch is fetched) so the
 stop step is known: 3, which is not a checkpoint step (every 4).
 """
 
+import glob
 import json
 import os
 import re
@@ -99,9 +100,20 @@ def _signal_on_fetch(monkeypatch, n, signum=signal.SIGTERM):
 
 
 @pytest.mark.slow
-def test_sigterm_mid_epoch_then_rerun_is_bit_identical(data_dir, tmp_path, monkeypatch):
+def test_sigterm_mid_epoch_then_rerun_is_bit_identical(data_dir, tmp_path, monkeypatch,
+                                                       capsys):
     full, part = str(tmp_path / "full"), str(tmp_path / "part")
-    train.train_and_evaluate(tiny_config(data_dir), full)
+    train.train_and_evaluate(tiny_config(data_dir, profile_steps="2,3"), full)
+    # Where time goes (docs/reliability.md#where-time-goes), on the uninterrupted run:
+    assert glob.glob(os.path.join(full, "profile", "**", "*.xplane.pb"), recursive=True)
+    assert "ms/step" in capsys.readouterr().out
+    rows = [json.loads(line) for line in open(os.path.join(full, "metrics.jsonl"))]
+    train_rows = [r for r in rows if "train/loss" in r]
+    assert len(train_rows) == 6 and all(
+        r["train/step_ms"] >= r["train/data_wait_ms"] >= 0
+        and r["train/images_per_s_per_device"] > 0
+        and (r["train/accuracy"] * 8 / 100).is_integer()   # percent of 8 clips
+        for r in train_rows)
     _signal_on_fetch(monkeypatch, 3)
     with pytest.raises(preemption.Preempted, match="stopped at step 3") as stop:
         train.train_and_evaluate(tiny_config(data_dir), part)
