@@ -74,3 +74,69 @@ def test_every_batch_norm_of_the_model_uses_the_groups():
         assert calls.count("GroupBatchNorm" if g else "BatchNorm") == num_bn == 1 + 8 * 2 + 3   # stem, 2 per block, 3 shortcuts
         assert "BatchNorm" not in calls if g else "GroupBatchNorm" not in calls
     assert jax.tree_util.tree_structure(shapes[0]) == jax.tree_util.tree_structure(shapes[2])
+
+
+def test_official_epoch_step_matches_torch_sgd_sequence():
+    """Two epochs of 2 steps; before epoch 1 the official loop calls ``step()`` on
+    zeroed gradients at the base lr (×2 for the classifier bias), then resumes the
+    schedule. The optax chain + `official_epoch_step` must track torch.optim.SGD."""
+    import ml_collections
+    import optax
+    import torch
+    from rsa_jax.train import optim
+    cfg = ml_collections.ConfigDict(dict(
+        learning_rate=0.3, num_epochs=4, warmup_epochs=1, warmup_factor=0.1, min_lr_ratio=1e-3,
+        schedule="epoch", momentum=0.9, nesterov=True, weight_decay=0.05, grad_clip_norm=100.0))
+    spe = 2
+    tx, lr_fn = optim.create_optimizer(cfg, spe), optim.lr_schedule(cfg, spe)
+    r = np.random.RandomState(5)
+    params = {"conv1": {"kernel": r.randn(3, 4)}, "bn1": {"scale": r.randn(4)},
+              "new_fc": {"kernel": r.randn(4, 2), "bias": r.randn(2)}}
+    params = jax.tree_util.tree_map(lambda a: jnp.asarray(a, jnp.float32), params)
+    grads = [jax.tree_util.tree_map(lambda a: jnp.asarray(r.randn(*a.shape), jnp.float32),
+                                    params) for _ in range(2 * spe)]
+    t = {k: {n: torch.tensor(np.asarray(v), requires_grad=True) for n, v in d.items()}
+         for k, d in params.items()}
+    groups = [{"params": [t["conv1"]["kernel"], t["new_fc"]["kernel"]], "lr_mult": 1,
+               "decay_mult": 1},
+              {"params": [t["bn1"]["scale"]], "lr_mult": 1, "decay_mult": 0},
+              {"params": [t["new_fc"]["bias"]], "lr_mult": 2, "decay_mult": 0}]
+    sgd = torch.optim.SGD(groups, lr=0.3, momentum=0.9, weight_decay=0.05, nesterov=True)
+    opt_state, p = tx.init(params), params
+    for i, g in enumerate(grads):
+        if i % spe == 0:                          # epoch start
+            for group in sgd.param_groups:        # adjust_learning_rate: base lr × mult
+                group["lr"] = 0.3 * group["lr_mult"]
+                group["weight_decay"] = 0.05 * group["decay_mult"]
+            sgd.step()                            # epoch 0: no gradients yet, a no-op
+        if i and i % spe == 0:                    # later: gradients zeroed, not None
+            p, opt_state = optim.official_epoch_step(p, opt_state, learning_rate=0.3,
+                                                     momentum=0.9, nesterov=True,
+                                                     weight_decay=0.05)
+        for group in sgd.param_groups:            # the scheduler: one lr for every group
+            group["lr"] = float(lr_fn(i))
+        for k, d in t.items():
+            for n, v in d.items():
+                v.grad = torch.tensor(np.asarray(g[k][n]))
+        sgd.step()
+        sgd.zero_grad(set_to_none=False)
+        upd, opt_state = tx.update(g, opt_state, p)
+        p = optax.apply_updates(p, upd)
+    for k, d in t.items():
+        for n, v in d.items():
+            np.testing.assert_allclose(p[k][n], v.detach().numpy(), rtol=1e-5, atol=1e-6)
+    without = params
+    s = tx.init(params)
+    for g in grads:
+        u, s = tx.update(g, s, without)
+        without = optax.apply_updates(without, u)
+    assert not np.allclose(without["new_fc"]["bias"], p["new_fc"]["bias"], atol=1e-3)
+
+
+def test_float16_training_is_refused_before_any_work(tmp_path):
+    import ml_collections
+    from rsa_jax.train import train
+    cfg = ml_collections.ConfigDict({"model": {"dtype": "float16"}})
+    with pytest.raises(ValueError, match="dtype=float16: training in float16 needs loss scaling"):
+        train.train_and_evaluate(cfg, str(tmp_path))
+    assert not list(tmp_path.iterdir())

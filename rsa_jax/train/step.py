@@ -21,6 +21,7 @@ from flax.training import train_state
 
 from rsa_jax import parallel
 from rsa_jax.data import transforms
+from rsa_jax.train import optim
 
 # The host path's folded constants (transforms._NORMALIZE_LUT is built from the
 # same float32 products), so device and host normalisation agree to rounding.
@@ -152,6 +153,20 @@ def compile_steps(mesh, state_shardings, *, learning_rate_fn, label_smoothing: f
     p_eval = jax.jit(eval_step, in_shardings=(state_shardings, batch_sh),
                      out_shardings=batch_sh)
     return p_train, p_eval
+
+
+def compile_epoch_step(state_shardings, *, learning_rate: float, momentum: float,
+                       nesterov: bool, weight_decay: float) -> Callable[[TrainState], TrainState]:
+    """jits `optim.official_epoch_step` on the train state (sharded, donated); the
+    state's step count, hence the lr schedule and RNG stream, is unchanged."""
+    def epoch_step(state: TrainState) -> TrainState:
+        params, opt_state = optim.official_epoch_step(
+            state.params, state.opt_state, learning_rate=learning_rate, momentum=momentum,
+            nesterov=nesterov, weight_decay=weight_decay)
+        return state.replace(params=params, opt_state=opt_state)
+
+    return jax.jit(epoch_step, in_shardings=(state_shardings,), out_shardings=state_shardings,
+                   donate_argnums=(0,))
 
 
 def create_train_state(model: nn.Module, tx: optax.GradientTransformation, rng: jax.Array,
