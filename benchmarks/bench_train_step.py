@@ -10,7 +10,7 @@ data pipeline's ``uint8_output``; the step then normalises on the device).
 Prints one JSON line: compile time, median step time, time per clip, clips/s and
 peak memory (XLA's buffer assignment for the step: arguments + temporaries, and
 the process's max RSS on CPU / the device's peak bytes on GPU). Official
-reference (rsa-method.md §4.6 / issue): 4.12 s fwd+bwd per 1×8×224² clip, 1.77 GiB.
+reference (docs/training.md#compute): 4.12 s fwd+bwd per 1×8×224² clip, 1.77 GiB.
 """
 
 from __future__ import annotations

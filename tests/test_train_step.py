@@ -103,7 +103,7 @@ def test_grad_accumulation_matches_without_bn_effects():
 
 
 def test_lr_schedule_matches_logged_values():
-    """rsa-method.md §4.2 / Appendix A: per-epoch lr of the SSv2 / SSv1 logs (E = 80)."""
+    """docs/training.md#schedule: per-epoch lr of the SSv2 / SSv1 logs (E = 80)."""
     spe = 7
     sched = optim.lr_schedule(_config(), steps_per_epoch=spe)
     logged = {0: 0.004016, 1: 0.008012, 2: 0.012008, 3: 0.016004, 4: 0.02, 5: 0.0199912,
@@ -121,7 +121,8 @@ def test_lr_schedule_matches_logged_values():
 
 
 def test_optimizer_is_torch_sgd_nesterov_coupled_decay():
-    """optax chain == PyTorch 1.6 SGD(nesterov, wd) after clip_grad_norm_ (§4.1)."""
+    """optax chain == PyTorch 1.6 SGD(nesterov, wd) after clip_grad_norm_
+    (docs/training.md#optimiser)."""
     cfg = _config(grad_clip_norm=1.0, schedule="step")
     tx = optim.create_optimizer(cfg, steps_per_epoch=3)
     lr_fn = optim.lr_schedule(cfg, 3)
@@ -158,7 +159,8 @@ def test_weight_decay_mask_skips_bn_and_bias():
 
 
 def test_label_smoothing_is_official_loss():
-    """0.1·mean(-Σ log p)/K + 0.9·NLL (§4.3) == CE against smoothed targets."""
+    """0.1·mean(-Σ log p)/K + 0.9·NLL (docs/training.md#loss) == CE against smoothed
+    targets."""
     r = np.random.RandomState(1)
     logits, labels = r.randn(4, NUM_CLASSES), r.randint(0, NUM_CLASSES, 4)
     logp = jax.nn.log_softmax(logits)

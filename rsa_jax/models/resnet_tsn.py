@@ -1,4 +1,4 @@
-"""TSN-ResNet with RSA blocks (rsa-method.md §3), plus its 2D/3D-conv baselines.
+"""TSN-ResNet with RSA blocks (docs/method.md#network), plus its 2D/3D-conv baselines.
 
 The official network (``ops/models.py`` TSN + ``ops/ResNet.py``) is a ResNet whose
 convolutions are Conv3d with (1,k,k) kernels and no temporal stride: every frame
