@@ -33,17 +33,42 @@ def _input_shape(config) -> tuple[int, ...]:
     return (1, d.num_frames, d.image_size, d.image_size, 3)
 
 
+def _is_step_dir(path: str) -> bool:
+    return os.path.basename(path).isdigit() and os.path.isdir(os.path.join(path, "state"))
+
+
+def resolve_init_from(path: str) -> str:
+    """The orbax state folder that ``--config.init_from=path`` names.
+
+    Accepts a run's workdir (its best checkpoint by top-1, else the latest), its
+    ``checkpoints`` folder (same choice), one step folder (``checkpoints/<step>``),
+    that step's ``state`` folder, or a directory written by ``rsa_jax.convert``.
+    """
+    path = os.path.abspath(path)
+    if not os.path.isdir(path):
+        raise FileNotFoundError(f"--config.init_from={path}: no such directory")
+    if os.path.isdir(os.path.join(path, "checkpoints")):
+        path = os.path.join(path, "checkpoints")
+    if any(_is_step_dir(os.path.join(path, d)) for d in os.listdir(path)):
+        ckpt = Checkpointer(path, read_only=True)
+        step = ckpt.best_step() or ckpt.latest_step()
+        path = os.path.join(path, str(step))
+    if _is_step_dir(path):
+        path = os.path.join(path, "state")
+    return path
+
+
 def load_pretrained(config, state: step_lib.TrainState, shardings) -> step_lib.TrainState:
-    """Overwrites matching variables with ``config.init_from`` (an orbax dir from
-    ``rsa_jax.convert.official_to_orbax`` or a previous run) or
-    ``config.torchvision_init`` (an ImageNet ResNet-50 ``.pth``)."""
+    """Overwrites matching variables with ``config.init_from`` (see `resolve_init_from`:
+    a ``rsa_jax.convert`` directory or a previous run) or ``config.torchvision_init``
+    (an ImageNet ResNet-50 ``.pth``)."""
     if not (config.get("init_from") or config.get("torchvision_init")):
         return state
     from rsa_jax import convert  # needs torch only for torchvision files
     fresh = {"params": jax.device_get(state.params),
              "batch_stats": jax.device_get(state.batch_stats)}
     if config.get("init_from"):
-        path = os.path.abspath(config.init_from)
+        path = resolve_init_from(config.init_from)
         pretrained = ocp.StandardCheckpointer().restore(path)
         pretrained = {k: pretrained[k] for k in ("params", "batch_stats") if k in pretrained}
         logging.info("Initialising from orbax checkpoint %s", path)
@@ -90,8 +115,49 @@ def _progress(step, num_steps, summary, clips_per_s, eta_s) -> str:
             f"{clips_per_s:.1f} clips/s  ETA {eta_s / 60:.1f} min")
 
 
+def is_eval_step(step: int, num_steps: int, steps_per_epoch: int, config) -> bool:
+    """The official validation schedule (docs/training.md#evaluation): every
+    ``eval_every_epochs``, at every epoch end of the last ``eval_last_epochs``
+    epochs, and after the last step."""
+    eval_every = max(1, int(config.eval_every_epochs * steps_per_epoch))
+    last = config.get("eval_last_epochs", 0) * steps_per_epoch
+    return (step % eval_every == 0 or step == num_steps
+            or (step % steps_per_epoch == 0 and step > num_steps - last))
+
+
+def _check_precision(config) -> None:
+    if config.model.get("dtype") == "float16":
+        raise ValueError("--config.model.dtype=float16: training in float16 needs loss "
+                         "scaling, which this loop does not do; use bfloat16 (same speed, "
+                         "float32 range) or float32")
+
+
+def _run_eval(config, eval_fn, state, mesh, writer, step: int, best: dict, workdir: str,
+              write_scores: bool) -> dict[str, float]:
+    metrics, scores = eval_lib.evaluate(
+        eval_fn, state, config.data, mesh, split=config.eval_split, mode="eval",
+        global_batch_size=config.eval_batch_size, label_smoothing=config.label_smoothing)
+    if metrics["top1"] > best.get("top1", -1.0):     # strict, as the official is_best
+        best.update(top1=metrics["top1"], step=step)
+    writer.write_scalars(step, {f"eval/{k}": v for k, v in metrics.items()}
+                         | {"eval/best_top1": best["top1"]})
+    if parallel.is_main_process():
+        print(f"step {step}: {config.eval_split} top1 {metrics['top1']:.2f}% "
+              f"top5 {metrics['top5']:.2f}%  loss {metrics['loss_smoothed']:.4f} "
+              f"(best top1 {best['top1']:.2f}% at step {best['step']})", flush=True)
+    if write_scores:
+        eval_lib.write_scores(eval_lib.scores_path(workdir, config.eval_split), scores,
+                              num_frames=config.data.num_frames)
+    return metrics
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
     """Trains (resuming from ``workdir`` if it holds a checkpoint) and evaluates.
+
+    Evaluates on the `is_eval_step` schedule and checkpoints at every evaluation
+    (with its metrics, so the best top-1 checkpoint is kept) and every
+    ``checkpoint_every_steps``. With ``official_epoch_step`` the official extra
+    zero-gradient optimiser step precedes every epoch after the first.
 
     Returns:
       the final validation metrics ({'top1', 'top5', ...}).
@@ -99,6 +165,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       FloatingPointError: when the training loss becomes NaN/inf; the last good
         checkpoint is kept in ``<workdir>/checkpoints``.
     """
+    _check_precision(config)
     _save_config(config, workdir)
     mesh = parallel.create_mesh(config.get("mesh_shape"))
     _prepare_data(config)
@@ -106,10 +173,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     steps_per_epoch = max(1, n_train // config.global_batch_size)
     num_steps = config.num_train_steps if config.num_train_steps > 0 else int(
         config.num_epochs * steps_per_epoch)
-    eval_every = max(1, int(config.eval_every_epochs * steps_per_epoch))
-    ckpt_every = config.checkpoint_every_steps or eval_every
+    ckpt_every = config.checkpoint_every_steps or max(
+        1, int(config.eval_every_epochs * steps_per_epoch))
 
     state, shardings, train_fn, eval_fn = setup(config, mesh, steps_per_epoch)
+    epoch_fn = step_lib.compile_epoch_step(
+        shardings, learning_rate=config.learning_rate, momentum=config.momentum,
+        nesterov=config.nesterov, weight_decay=config.weight_decay,
+    ) if config.get("official_epoch_step", False) else None
     train_iter = pipeline.create_iterator(
         config.data, split=config.train_split, mode="train",
         global_batch_size=config.global_batch_size, process_index=jax.process_index(),
@@ -129,43 +200,41 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     logging.info("%d train videos, %d steps/epoch, %d steps of %d clips", n_train,
                  steps_per_epoch, num_steps, config.global_batch_size)
 
-    acc, last, eval_metrics = None, None, {}
+    acc, last, eval_metrics, best = None, None, {}, {}
     t0, t_step = time.time(), start
     for step in range(start + 1, num_steps + 1):
+        if epoch_fn is not None and step > 1 and (step - 1) % steps_per_epoch == 0:
+            state = epoch_fn(state)
         batch = parallel.shard_batch(next(train_iter), mesh)
         state, last = train_fn(state, batch)
         acc = last if acc is None else acc.merge(last)
         is_last = step == num_steps
         if step % config.log_every_steps == 0 or is_last:
-            summary = {k: float(v) for k, v in acc.compute().items()}
-            _check_finite(summary["loss"], step, ckpt)
-            dt = time.time() - t0
-            rate = (step - t_step) * config.global_batch_size / dt
-            eta = (num_steps - step) * dt / (step - t_step)
-            writer.write_scalars(step, {f"train/{k}": v for k, v in summary.items()}
-                                 | {"train/clips_per_s": rate})
-            if parallel.is_main_process():
-                print(_progress(step, num_steps, summary, rate, eta), flush=True)
+            _log_train(config, writer, ckpt, acc, step, num_steps, t0, t_step)
             acc, t0, t_step = None, time.time(), step
-        if step % eval_every == 0 or is_last:
-            eval_metrics, scores = eval_lib.evaluate(
-                eval_fn, state, config.data, mesh, split=config.eval_split, mode="eval",
-                global_batch_size=config.eval_batch_size)
-            writer.write_scalars(step, {f"eval/{k}": v for k, v in eval_metrics.items()})
-            if parallel.is_main_process():
-                print(f"step {step}: {config.eval_split} top1 {eval_metrics['top1']:.2f}% "
-                      f"top5 {eval_metrics['top5']:.2f}%", flush=True)
-            if is_last:
-                eval_lib.write_scores(eval_lib.scores_path(workdir, config.eval_split), scores,
-                                      num_frames=config.data.num_frames)
-        if step % ckpt_every == 0 or is_last:
+        is_eval = is_eval_step(step, num_steps, steps_per_epoch, config)
+        if is_eval:
+            eval_metrics = _run_eval(config, eval_fn, state, mesh, writer, step, best,
+                                     workdir, write_scores=is_last)
+        if is_eval or step % ckpt_every == 0:
             _check_finite(float(last.compute()["loss"]), step, ckpt)
-            ckpt.save(step, state, train_iter,
-                      metrics=eval_metrics if step % eval_every == 0 or is_last else None)
+            ckpt.save(step, state, train_iter, metrics=eval_metrics if is_eval else None)
     ckpt.close()
     writer.flush()
     writer.close()
     return eval_metrics
+
+
+def _log_train(config, writer, ckpt, acc, step, num_steps, t0, t_step) -> None:
+    summary = {k: float(v) for k, v in acc.compute().items()}
+    _check_finite(summary["loss"], step, ckpt)
+    dt = time.time() - t0
+    rate = (step - t_step) * config.global_batch_size / dt
+    eta = (num_steps - step) * dt / (step - t_step)
+    writer.write_scalars(step, {f"train/{k}": v for k, v in summary.items()}
+                         | {"train/clips_per_s": rate})
+    if parallel.is_main_process():
+        print(_progress(step, num_steps, summary, rate, eta), flush=True)
 
 
 def _check_finite(loss: float, step: int, ckpt: Checkpointer) -> None:
@@ -179,8 +248,9 @@ def _check_finite(loss: float, step: int, ckpt: Checkpointer) -> None:
 
 def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str, mode: str = "eval"
                         ) -> dict[str, float]:
-    """Evaluates the best (else latest) checkpoint in ``workdir``, or
-    ``config.init_from`` if the workdir has none, on ``config.eval_split``.
+    """Evaluates the best top-1 (else latest) checkpoint in ``workdir``, or
+    ``config.init_from`` if the workdir has none, on ``config.eval_split``; says
+    which one (and that ``init_from`` is ignored when both exist).
 
     ``mode='eval'``: 1 centre clip × 1 centre crop; ``'test'``: multi-view.
     Writes ``<workdir>/eval/<split>_scores.npz`` (test: ``<split>_test_scores.npz``).
@@ -190,24 +260,31 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str, mode: s
     state, shardings, _, eval_fn = setup(config, mesh, steps_per_epoch=1)
     ckpt_dir = os.path.join(workdir, "checkpoints")
     ckpt = Checkpointer(ckpt_dir, read_only=True) if os.path.isdir(ckpt_dir) else None
-    step = ckpt and (ckpt.best_step() or ckpt.latest_step())
+    best = ckpt.best_step() if ckpt else None
+    step = best or (ckpt.latest_step() if ckpt else None)
     if step:
         state, _ = ckpt.restore(step, abstract_like(state, shardings))
-        logging.info("Evaluating %s/%d", ckpt.directory, step)
+        source = f"{ckpt.directory}/{step} ({'best top1' if best else 'latest'})"
+        if config.get("init_from") and parallel.is_main_process():
+            print(f"evaluating {source}; --config.init_from={config.init_from} is ignored "
+                  "(it is used only when the workdir has no checkpoint)", flush=True)
     elif config.get("init_from"):
         state = load_pretrained(config, state, shardings)
+        source = resolve_init_from(config.init_from)
     else:
         raise FileNotFoundError(f"no checkpoint in {ckpt_dir} and no --config.init_from "
                                 "given: nothing to evaluate")
+    logging.info("Evaluating %s", source)
     batch = config.eval_batch_size if mode == "eval" else config.test_batch_size
     metrics, scores = eval_lib.evaluate(eval_fn, state, config.data, mesh,
                                         split=config.eval_split, mode=mode,
-                                        global_batch_size=batch)
+                                        global_batch_size=batch,
+                                        label_smoothing=config.label_smoothing)
     split_name = config.eval_split + ("_test" if mode == "test" else "")
     path = eval_lib.scores_path(workdir, split_name)
     views = 1 if mode == "eval" else config.data.test_num_clips * config.data.test_num_crops
     eval_lib.write_scores(path, scores, num_frames=config.data.num_frames, views=views)
     if parallel.is_main_process():
         print(json.dumps({"split": config.eval_split, "mode": mode, "views": views,
-                          **metrics, "scores": path}), flush=True)
+                          **metrics, "checkpoint": source, "scores": path}), flush=True)
     return metrics
