@@ -28,7 +28,7 @@ def tiny_config(data_dir: str) -> ml_collections.ConfigDict:
     c.model.dropout = 0.0
     c.global_batch_size = 8
     c.eval_batch_size = 8
-    c.mesh_shape = {"data": 1}
+    c.mesh_shape = {"data": -1}
     return c
 
 
