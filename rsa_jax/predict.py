@@ -120,8 +120,8 @@ def _jobs(paths, loaded, args, errors) -> Iterator[tuple[int, str, dict, list]]:
             video = inference.read_input(path, loaded.data, keep_video=not args.window_s)
         except (BadInputError, OSError) as e:
             errors.append((i, path, str(e)))
-            print(f"error: {e}" if path in str(e) else f"error: {path}: {e}",
-                  file=sys.stderr, flush=True)
+            msg = str(e) if str(e).startswith(f"{path}: ") else f"{path}: {e}"
+            print(f"error: {msg}", file=sys.stderr, flush=True)
             continue
         info = {"input": path, "num_frames": int(video.record["num_frames"])}
         if args.window_s:
