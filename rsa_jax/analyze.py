@@ -28,7 +28,7 @@ import json
 import os
 import re
 import sys
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 

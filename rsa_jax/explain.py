@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import os
 import re
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -42,6 +43,7 @@ def layer_kernels(loaded: inference.LoadedModel, video: np.ndarray, layer: str |
       (nh, kT, kH, kW), 'frame_logits' (T, C), 'logits' (C,)}.
     """
     import jax
+
     from rsa_jax.layers.rsa import RSA
 
     def fwd(variables, x):

@@ -20,7 +20,8 @@ import dataclasses
 import json
 import os
 import re
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -76,11 +77,12 @@ def write_class_names(directory: str, names: list[str]) -> str:
 def stored_frame_format(data_cfg: dict) -> dict:
     """height / width / storage of the dataset's builder config (no data needed)."""
     import tensorflow_datasets as tfds
+
     from rsa_jax.data import builders  # noqa: F401  (registers the builders)
     out = dict(height=_DEFAULT_DATA["height"], width=_DEFAULT_DATA["width"], storage="jpeg")
     try:
         cls = tfds.builder_cls(data_cfg["name"])
-    except Exception:  # an unknown or unregistered builder: official 240×320
+    except ValueError:  # DatasetNotFoundError: unknown builder, official 240×320
         return out
     wanted = data_cfg.get("builder_config") or getattr(cls, "DEFAULT_CONFIG_NAME", None)
     for cfg in getattr(cls, "BUILDER_CONFIGS", []) or []:
@@ -114,14 +116,16 @@ def _dataset_names(data_cfg: dict) -> list[str] | None:
     """Names from a built TFDS dataset (workdirs trained before class_names.json)."""
     try:
         import ml_collections
+
         from rsa_jax.data import pipeline
         return pipeline.class_names(ml_collections.ConfigDict(data_cfg))
-    except Exception:  # not built here: fall back to numbered names
+    except (FileNotFoundError, ValueError, KeyError):  # not built here: numbered names
         return None
 
 
 def _restore_workdir_state(ckpt_dir: str) -> tuple[dict, int]:
     import orbax.checkpoint as ocp
+
     from rsa_jax.train.checkpoint import Checkpointer
     ckpt = Checkpointer(ckpt_dir, read_only=True)
     step = ckpt.best_step() or ckpt.latest_step()
@@ -243,6 +247,7 @@ def read_input(path: str, data: dict, keep_video: bool = True) -> VideoInput:
 
 def _video_fps(path: str) -> float | None:
     import av
+
     from rsa_jax.data import decode
     try:
         with av.open(path) as c:
@@ -266,8 +271,8 @@ def windows(video: VideoInput, window_s: float, stride_s: float,
         raise ValueError("windows need a frame-list record (read_input keep_video=False)")
     fps = video.fps or default_fps
     n = rec["num_frames"]
-    size = max(1, int(round(window_s * fps)))
-    step = max(1, int(round(stride_s * fps)))
+    size = max(1, round(window_s * fps))
+    step = max(1, round(stride_s * fps))
     starts = list(range(0, max(n - size, 0) + 1, step))
     if starts[-1] + size < n:
         starts.append(n - size)
@@ -300,6 +305,7 @@ def normalize_on_device(video):
     """uint8 pixels -> ImageNet-normalised float32 in jnp, the same constants as
     ``transforms.normalize`` (for artefacts that take raw frames)."""
     import jax.numpy as jnp
+
     from rsa_jax.data import transforms
     mean = jnp.asarray(transforms.IMAGENET_MEAN * 255.0)
     inv = jnp.asarray(1.0 / (transforms.IMAGENET_STD * 255.0))
@@ -311,6 +317,7 @@ def make_forward(loaded: LoadedModel, return_features: bool = False):
     (``step.eval_step``) on (B, V, T, S, S, 3) float32 input -> (B, C) logits;
     with ``return_features`` also the per-frame logits (B, V, T, C)."""
     import jax
+
     from rsa_jax.train import step as step_lib
 
     def forward(variables, video):

@@ -13,12 +13,11 @@ import os
 
 import jax
 import ml_collections
-
 from data_helpers import synthetic_cfg
 
 
 def tiny_config(data_dir: str) -> ml_collections.ConfigDict:
-    import configs.synthetic as synthetic
+    from configs import synthetic
     c = synthetic.get_config("rsa")
     c.data = synthetic_cfg(data_dir, crop_scales=(1.0, 0.875), num_threads=1)
     c.model.width = 8

@@ -7,9 +7,9 @@ import subprocess
 import sys
 
 import numpy as np
+import predict_helpers as ph
 import pytest
 
-import predict_helpers as ph
 from rsa_jax import export, inference, serving
 from rsa_jax.data import transforms
 
@@ -37,7 +37,7 @@ def _fresh(code: str, cwd) -> None:
     env = dict(os.environ, PYTHONPATH=ROOT, TF_CPP_MIN_LOG_LEVEL="3")
     env.pop("XLA_FLAGS", None)
     res = subprocess.run([sys.executable, "-c", code], cwd=cwd, env=env,
-                         capture_output=True, text=True, timeout=600)
+                         capture_output=True, text=True, timeout=600, check=False)
     assert res.returncode == 0, res.stderr[-3000:]
 
 
@@ -76,7 +76,8 @@ np.save("tf_uint8.npy", m.signatures["uint8"](video=p)["logits"].numpy())
 
 def test_loader_rejects_a_wrong_shape_and_names_missing_files(exported, tmp_path):
     _, out, _ = exported
-    meta = json.load(open(os.path.join(out, serving.META_FILE)))
+    with open(os.path.join(out, serving.META_FILE)) as f:
+        meta = json.load(f)
     assert meta["input_shape"] == [None, 4, 28, 28, 3]
     model = serving.load(out)
     with pytest.raises(ValueError, match="does not fit the exported"):

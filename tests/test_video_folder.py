@@ -6,10 +6,10 @@ import os
 import av
 import jax
 import numpy as np
-import pytest
-
 import predict_helpers as ph
+import pytest
 from data_helpers import synthetic_cfg
+
 from rsa_jax.data import pipeline
 from rsa_jax.train import train
 
@@ -78,7 +78,7 @@ def test_classifier_dropped_only_when_class_counts_differ(tmp_path):
 def test_finetune_converted_model_on_a_folder_dataset(tmp_path):
     """configs/finetune.py with init_from = a converted 5-class model on 4 classes:
     the classifier is replaced, the backbone loads exactly, training is above chance."""
-    import configs.finetune as finetune
+    from configs import finetune
     converted, model_cfg = ph.make_converted_dir(str(tmp_path), num_classes=5)
     root = make_folder_dataset(str(tmp_path / "raw"), {"train": 8, "validation": 4})
     c = finetune.get_config("4,4")
@@ -89,8 +89,9 @@ def test_finetune_converted_model_on_a_folder_dataset(tmp_path):
     c.update(global_batch_size=8, eval_batch_size=8, learning_rate=0.05, num_epochs=6,
              warmup_epochs=0, eval_every_epochs=6, log_every_steps=100)
 
-    from rsa_jax import parallel
     import orbax.checkpoint as ocp
+
+    from rsa_jax import parallel
     mesh = parallel.create_mesh({"data": -1})
     state, shardings, _, _ = train.setup(c, mesh, steps_per_epoch=4)
     loaded = train.load_pretrained(c, state, shardings)
