@@ -74,23 +74,26 @@ def write_class_names(directory: str, names: list[str]) -> str:
     return path
 
 
-def stored_frame_format(data_cfg: dict) -> dict:
-    """height / width / storage of the dataset's builder config (no data needed)."""
+def stored_frame_format(data_cfg: dict | None) -> dict:
+    """The dataset's builder config (``builder_config``: how raw videos become
+    records) and its height / width / storage; official 240×320 JPEG frames for
+    converted checkpoints and unknown builders. Needs no data."""
     import tensorflow_datasets as tfds
 
     from rsa_jax.data import builders  # noqa: F401  (registers the builders)
-    out = dict(height=_DEFAULT_DATA["height"], width=_DEFAULT_DATA["width"], storage="jpeg")
-    try:
-        cls = tfds.builder_cls(data_cfg["name"])
-    except ValueError:  # DatasetNotFoundError: unknown builder, official 240×320
-        return out
-    wanted = data_cfg.get("builder_config") or getattr(cls, "DEFAULT_CONFIG_NAME", None)
-    for cfg in getattr(cls, "BUILDER_CONFIGS", []) or []:
-        if cfg.name == wanted:
-            out.update(height=getattr(cfg, "height", out["height"]),
-                       width=getattr(cfg, "width", out["width"]),
-                       storage=getattr(cfg, "storage", "jpeg"))
-    return out
+    from rsa_jax.data.builders import base
+    found = base.VideoConfig(name="default")
+    if data_cfg:
+        try:
+            cls = tfds.builder_cls(data_cfg["name"])
+        except ValueError:  # DatasetNotFoundError: an unknown builder
+            cls = None
+        wanted = data_cfg.get("builder_config") or getattr(cls, "DEFAULT_CONFIG_NAME", None)
+        for cfg in getattr(cls, "BUILDER_CONFIGS", None) or []:
+            if cfg.name == wanted and isinstance(cfg, base.VideoConfig):
+                found = cfg
+    return dict(builder_config=found, height=found.height, width=found.width,
+                storage=found.storage)
 
 
 def _class_names(directory: str, labels: str | None, num_classes: int,
@@ -146,7 +149,7 @@ def load(path: str, labels: str | None = None, num_frames: int | None = None,
     """
     from rsa_jax.models import build_model
     path = os.path.abspath(path)
-    data = dict(_DEFAULT_DATA)
+    data = dict(_DEFAULT_DATA, **stored_frame_format(None))
     data_cfg = None
     if os.path.isfile(os.path.join(path, "config.json")):
         with open(os.path.join(path, "config.json")) as f:
@@ -210,16 +213,17 @@ def _natural_key(name: str) -> list:
 def read_input(path: str, data: dict, keep_video: bool = True) -> VideoInput:
     """Reads a video file or a folder of JPEG frames into a builder-style record.
 
-    Frames are resized to the stored size exactly as the builders do
-    (``decode.video_to_frames`` / ``decode.jpeg_folder_to_frames``); with
-    ``storage='video'`` and ``keep_video`` the file's bytes are kept and
-    decoded at load time, again as the pipeline does.
+    The record is made by the builders' own functions (``base.video_example`` /
+    ``base.jpeg_folder_example``) with the dataset's builder config, so frames
+    are resized and stored exactly as in the dataset; ``keep_video=False``
+    forces a frame list (needed for windows) when the dataset keeps videos.
 
     Raises:
       BadInputError: missing path, not a video, no frames, unreadable frames.
     """
     from rsa_jax.data import decode
-    h, w = data["height"], data["width"]
+    from rsa_jax.data.builders import base
+    cfg = data["builder_config"]
     if os.path.isdir(path):
         try:
             names = sorted((n for n in os.listdir(path)
@@ -228,21 +232,15 @@ def read_input(path: str, data: dict, keep_video: bool = True) -> VideoInput:
             raise decode.BadInputError(path, f"cannot list folder ({e.strerror})") from e
         if not names:
             raise decode.BadInputError(path, "folder has no JPEG frames (*.jpg, *.jpeg)")
-        frames = decode.jpeg_folder_to_frames([os.path.join(path, n) for n in names], h, w)
-        return VideoInput(path, {"frames": frames, "num_frames": len(frames),
-                                 "video_id": path, "label": 0}, None)
+        record = base.jpeg_folder_example([os.path.join(path, n) for n in names], path, 0,
+                                          "", cfg)
+        return VideoInput(path, record, None)
     if not os.path.exists(path):
         raise decode.BadInputError(path, "file not found")
     fps = _video_fps(path)
-    if keep_video and data.get("storage") == "video":
-        n = decode.count_video_frames(path)
-        with open(path, "rb") as f:
-            record = {"video": f.read()}
-    else:
-        frames = decode.video_to_frames(path, h, w)
-        n, record = len(frames), {"frames": frames}
-    record.update(num_frames=n, video_id=path, label=0)
-    return VideoInput(path, record, fps)
+    if not keep_video and cfg.storage == "video":
+        cfg = dataclasses.replace(cfg, storage="jpeg")
+    return VideoInput(path, base.video_example(path, path, 0, "", cfg), fps)
 
 
 def _video_fps(path: str) -> float | None:
