@@ -23,10 +23,10 @@ import numpy as np
 from rsa_jax import inference
 
 
-def _rsa_layers(intermediates: dict, model) -> list[str]:
+def _rsa_layers(kernels: dict, model) -> list[str]:
     """Blocks with sown kernels, in network order."""
     return [s["name"] for s in model.block_specs()
-            if "kernel_basic" in intermediates.get(s["name"], {}).get("conv2", {})]
+            if "kernel_basic" in kernels.get(s["name"], {}).get("conv2", {})]
 
 
 def layer_kernels(loaded: inference.LoadedModel, video: np.ndarray, layer: str | None = None,
@@ -48,17 +48,18 @@ def layer_kernels(loaded: inference.LoadedModel, video: np.ndarray, layer: str |
 
     def fwd(variables, x):
         (logits, feats), state = loaded.model.apply(
-            variables, x, train=False, return_features=True, mutable=["intermediates"])
-        return logits, feats["frame_logits"], state["intermediates"]
+            variables, x, train=False, return_features=True,
+            mutable=["intermediates", "rsa_kernels"])
+        return logits, feats["frame_logits"], state["intermediates"], state["rsa_kernels"]
 
-    logits, frame_logits, inter = jax.jit(fwd)(loaded.variables, video[None])
-    names = _rsa_layers(inter, loaded.model)
+    logits, frame_logits, inter, kernels = jax.jit(fwd)(loaded.variables, video[None])
+    names = _rsa_layers(kernels, loaded.model)
     if not names:
         raise ValueError("the model has no RSA layer (backbone tsn2d/tsn3d?)")
     layer = layer or names[-1]
     if layer not in names:
         raise ValueError(f"--explain_layer {layer!r}: RSA blocks are {names}")
-    sown = inter[layer]["conv2"]
+    sown = kernels[layer]["conv2"]
     basic = np.asarray(sown["kernel_basic"][0][0])  # (T', H', W', nh, dd)
     rel = np.asarray(sown["kernel_relational"][0][0])
     grid = basic.shape[:3]

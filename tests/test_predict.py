@@ -32,8 +32,8 @@ def test_sown_kernels_reproduce_the_layer_output(implementation, zero):
         p = dict(variables["params"])
         p[zero] = jnp.zeros_like(p[zero])
         variables = {"params": p}
-    y, state = layer.apply(variables, x, mutable=["intermediates"])
-    sown = state["intermediates"]
+    y, state = layer.apply(variables, x, mutable=["rsa_kernels"])
+    sown = state["rsa_kernels"]
     basic, rel = sown["kernel_basic"][0], sown["kernel_relational"][0]
     h2 = variables["params"]["H2"]
     kappa = RSA.window_kernels(basic + rel, h2)                 # (B,T,H,W,nh,kT,kH,kW)
@@ -49,11 +49,14 @@ def test_sown_kernels_reproduce_the_layer_output(implementation, zero):
         assert float(jnp.abs(basic).max()) == 0.0 and float(jnp.abs(rel).max()) > 0
 
 
-def test_no_kernels_sown_without_intermediates():
+def test_no_kernels_sown_unless_asked():
+    """Neither init nor an 'intermediates' capture (used by other tests) gets kernels."""
     layer = RSA(features=8, num_heads=2, kernel_size=(3, 3, 3))
     x = jnp.ones((1, 3, 4, 4, 6))
     variables = layer.init(jax.random.PRNGKey(0), x)
     assert set(variables) == {"params"}
+    _, state = layer.apply(variables, x, mutable=["intermediates"])
+    assert not jax.tree_util.tree_leaves(state)
 
 
 # --- CLI on a tiny workdir (slow: builds a dataset and compiles a model) ---------

@@ -454,16 +454,16 @@ class RSA(nn.Module):
     def sow_kernels(self, q, k, p1, h1, d: RSADims) -> None:
         """Records the latent kernels of every query for inspection (docs/using.md).
 
-        Only when the 'intermediates' collection is mutable
-        (``apply(..., mutable=['intermediates'])``), so training and evaluation
-        trace nothing extra. Sows 'kernel_basic' q̂ᵀP and 'kernel_relational'
-        q̂ᵀR_n, each (B, T, H, W, nh, dd) in the latent space; `window_kernels`
-        maps them onto the kT·kH·kW window (κ = latent · A,
+        Only when the 'rsa_kernels' collection is mutable
+        (``apply(..., mutable=['rsa_kernels'])``), so training, evaluation and
+        'intermediates' captures trace nothing extra. Sows 'kernel_basic' q̂ᵀP
+        and 'kernel_relational' q̂ᵀR_n, each (B, T, H, W, nh, dd) in the latent
+        space; `window_kernels` maps them onto the kT·kH·kW window (κ = latent · A,
         docs/method.md#kernels). R_n comes from the factorised grouped
         convolution of k̂ with H1, whatever ``implementation`` is.
         """
-        if not self.is_mutable_collection("intermediates"):
-            return
+        if self.is_initializing() or not self.is_mutable_collection("rsa_kernels"):
+            return  # init makes every collection mutable: no kernels in the variables
         zeros = jnp.zeros(q.shape[:-1] + (d.dd,), q.dtype)
         if self.kernel_type == "V":  # the query itself is the latent kernel
             basic, rel = q, zeros
@@ -473,8 +473,8 @@ class RSA(nn.Module):
             rel = jnp.einsum("...nj,...jd->...nd", q, r, precision=self.precision)
             basic = zeros if p1 is None else jnp.einsum(
                 "...nj,jd->...nd", q, p1, precision=self.precision)
-        self.sow("intermediates", "kernel_basic", basic)
-        self.sow("intermediates", "kernel_relational", rel)
+        self.sow("rsa_kernels", "kernel_basic", basic)
+        self.sow("rsa_kernels", "kernel_relational", rel)
 
     @staticmethod
     def window_kernels(latent: jax.Array, h2: jax.Array) -> jax.Array:
