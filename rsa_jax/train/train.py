@@ -71,6 +71,7 @@ def load_pretrained(config, state: step_lib.TrainState, shardings) -> step_lib.T
         path = resolve_init_from(config.init_from)
         pretrained = ocp.StandardCheckpointer().restore(path)
         pretrained = {k: pretrained[k] for k in ("params", "batch_stats") if k in pretrained}
+        pretrained = _drop_other_classifier(pretrained, fresh, path)
         logging.info("Initialising from orbax checkpoint %s", path)
     else:
         pretrained = convert.torchvision_to_backbone(config.torchvision_init, config.model)
@@ -78,6 +79,30 @@ def load_pretrained(config, state: step_lib.TrainState, shardings) -> step_lib.T
     merged = convert.merge_pretrained(fresh, pretrained)
     return state.replace(params=jax.device_put(merged["params"], shardings.params),
                          batch_stats=jax.device_put(merged["batch_stats"], shardings.batch_stats))
+
+
+def _drop_other_classifier(pretrained: dict, fresh: dict, path: str) -> dict:
+    """Fine-tuning to another class count: keeps the fresh ``new_fc`` (logged).
+    Only a classifier whose shape differs is dropped; everything else loads strictly."""
+    fc, own = pretrained.get("params", {}).get("new_fc"), fresh["params"].get("new_fc")
+    if fc is None or own is None or fc["kernel"].shape == own["kernel"].shape:
+        return pretrained
+    logging.warning("init_from %s: classifier new_fc has %d classes, the model %d: "
+                    "keeping the freshly initialised classifier", path,
+                    fc["kernel"].shape[-1], own["kernel"].shape[-1])
+    return dict(pretrained, params={k: v for k, v in pretrained["params"].items()
+                                    if k != "new_fc"})
+
+
+def _write_class_names(config, workdir: str) -> None:
+    """``<workdir>/class_names.json`` for predict/analyze; the class count must fit."""
+    names = pipeline.class_names(config.data)
+    if len(names) != config.model.num_classes:
+        raise ValueError(f"dataset {config.data.name} has {len(names)} classes but "
+                         f"--config.model.num_classes is {config.model.num_classes}")
+    if parallel.is_main_process():
+        from rsa_jax.inference import write_class_names
+        write_class_names(workdir, names)
 
 
 def _prepare_data(config) -> None:
@@ -169,6 +194,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     _save_config(config, workdir)
     mesh = parallel.create_mesh(config.get("mesh_shape"))
     _prepare_data(config)
+    _write_class_names(config, workdir)
     n_train = pipeline.num_examples(config.data, config.train_split)
     steps_per_epoch = max(1, n_train // config.global_batch_size)
     num_steps = config.num_train_steps if config.num_train_steps > 0 else int(
