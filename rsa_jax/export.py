@@ -36,11 +36,13 @@ def _flat_forward(loaded: inference.LoadedModel, variant: str):
     """(weights list, video) -> float32 logits, with the variables' tree fixed."""
     import jax
     import jax.numpy as jnp
+
+    from rsa_jax.train import step as step_lib  # uint8 frames: the train/eval steps' own normalisation
     treedef = jax.tree_util.tree_structure(loaded.variables)
 
     def forward(weights, video):
         variables = jax.tree_util.tree_unflatten(treedef, weights)
-        x = inference.normalize_on_device(video) if variant == "uint8" else video
+        x = step_lib.normalize_video(video)
         return loaded.model.apply(variables, x, train=False).astype(jnp.float32)
 
     return forward

@@ -299,17 +299,6 @@ def views_of(record: dict, data: dict, num_clips: int = 1,
 
 # --- forward ------------------------------------------------------------------
 
-def normalize_on_device(video):
-    """uint8 pixels -> ImageNet-normalised float32 in jnp, the same constants as
-    ``transforms.normalize`` (for artefacts that take raw frames)."""
-    import jax.numpy as jnp
-
-    from rsa_jax.data import transforms
-    mean = jnp.asarray(transforms.IMAGENET_MEAN * 255.0)
-    inv = jnp.asarray(1.0 / (transforms.IMAGENET_STD * 255.0))
-    return (video.astype(jnp.float32) - mean) * inv
-
-
 def make_forward(loaded: LoadedModel, return_features: bool = False):
     """jitted ``forward(variables, video)``: the evaluation step's view averaging
     (``step.eval_step``) on (B, V, T, S, S, 3) float32 input -> (B, C) logits;
