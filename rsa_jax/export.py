@@ -32,8 +32,9 @@ import numpy as np
 from rsa_jax import inference, serving
 
 
-def _flat_forward(loaded: inference.LoadedModel, variant: str):
-    """(weights list, video) -> float32 logits, with the variables' tree fixed."""
+def _flat_forward(loaded: inference.LoadedModel):
+    """(weights list, video) -> float32 logits, with the variables' tree fixed; uint8
+    video is normalised inside (the dtype picks the variant)."""
     import jax
     import jax.numpy as jnp
 
@@ -61,7 +62,7 @@ def export_stablehlo(loaded: inference.LoadedModel, out: str, batch: int | None,
     paths = []
     for variant in serving.VARIANTS:
         x_spec = jax.ShapeDtypeStruct((b, t, s, s, 3), np.dtype(variant))
-        exp = export.export(jax.jit(_flat_forward(loaded, variant)),
+        exp = export.export(jax.jit(_flat_forward(loaded)),
                             platforms=platforms)(w_spec, x_spec)
         path = os.path.join(out, serving.artefact_name(variant))
         with open(path, "wb") as f:
@@ -99,7 +100,7 @@ def export_saved_model(loaded: inference.LoadedModel, out: str, batch: int | Non
     poly = None if batch is not None else [None, "(b, ...)"]
     fns = {}
     for variant in serving.VARIANTS:
-        tf_fn = jax2tf.convert(_flat_forward(loaded, variant), polymorphic_shapes=poly,
+        tf_fn = jax2tf.convert(_flat_forward(loaded), polymorphic_shapes=poly,
                                with_gradient=False)
         spec = tf.TensorSpec((batch, t, s, s, 3), getattr(tf, variant), name="video")
         fns[variant] = tf.function(_serve_fn(tf_fn, module), input_signature=[spec],
