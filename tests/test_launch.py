@@ -37,13 +37,24 @@ def test_tpu_pod_dry_run_prints_full_gcloud_commands():
     assert cmds[2] == ["gcloud", "compute", "tpus", "tpu-vm", "scp", tarball,
                        "rsa-v4-32:rsa_jax.tar.gz", *gflags, "--worker=all"]
     ssh = ["gcloud", "compute", "tpus", "tpu-vm", "ssh", "rsa-v4-32", *gflags, "--worker=all"]
-    assert all(c[:len(ssh)] == ssh for c in cmds[3:]) and len(cmds) == 6
-    install = cmds[4][-1]
-    assert install.startswith("--command=cd ~/rsa_jax && python3 -m pip install")
-    assert "-r requirements.txt" in install and '"jax[tpu]==' in install
-    train = cmds[5][-1].removeprefix("--command=")
+    assert all(c[:len(ssh)] == ssh for c in cmds[3:]) and len(cmds) == 7
+    # The base image's Python is 3.10: a pinned uv provides 3.11 in a venv ...
+    provision = shlex.split(cmds[4][-1].removeprefix("--command="))
+    assert provision == ["python3", "-m", "pip", "install", "-q", "--user", "uv==0.13.8", "&&",
+                         "~/.local/bin/uv", "python", "install", "3.11", "&&",
+                         "~/.local/bin/uv", "venv", "--allow-existing", "--python", "3.11",
+                         "~/rsa_venv"]
+    # ... which gets the requirements and the TPU wheels of requirements.txt's jax.
+    with open(os.path.join(ROOT, "requirements.txt")) as f:
+        jax_pin = next(l.strip() for l in f if l.startswith("jax=="))
+    install = shlex.split(cmds[5][-1].removeprefix("--command="))
+    assert install == ["cd", "~/rsa_jax", "&&", "~/.local/bin/uv", "pip", "install", "-q",
+                       "--python", "~/rsa_venv/bin/python", "-r", "requirements.txt",
+                       jax_pin.replace("jax==", "jax[tpu]==")]
+    train = cmds[6][-1].removeprefix("--command=")
     assert shlex.split(train) == [
-        "cd", "~/rsa_jax", "&&", "RSA_DISTRIBUTED=1", "python3", "-m", "rsa_jax.main",
+        "cd", "~/rsa_jax", "&&", "RSA_DISTRIBUTED=1", "~/rsa_venv/bin/python", "-m",
+        "rsa_jax.main",
         "--config=configs/ssv2.py:8", "--workdir=gs://bkt/runs/ssv2",
         "--config.data.data_dir=gs://bkt/tfds", "--config.model.dtype=bfloat16"]
 
@@ -54,7 +65,9 @@ def test_tpu_pod_dry_run_existing_vm_detached():
     assert r.returncode == 0, r.stderr
     cmds = _commands(r.stdout)
     assert not any("create" in c for c in cmds) and not any("pip" in " ".join(c) for c in cmds)
-    assert cmds[-1][-1] == ("--command=cd ~/rsa_jax && nohup env RSA_DISTRIBUTED=1 python3 -m "
+    assert not any("uv" in " ".join(c) for c in cmds)
+    assert cmds[-1][-1] == ("--command=cd ~/rsa_jax && nohup env RSA_DISTRIBUTED=1 "
+                            "~/rsa_venv/bin/python -m "
                             "rsa_jax.main --config=configs/synthetic.py --workdir=gs://b/w "
                             "> train.log 2>&1 &")
 
@@ -86,7 +99,9 @@ def test_gpu_host_dry_run():
     assert r.returncode == 0, r.stderr
     cmds = _commands(r.stdout)
     assert cmds[0][:6] == ["python3", "-m", "pip", "install", "-q", "-r"]
-    assert cmds[0][-1].startswith("jax[cuda12]==")
+    with open(os.path.join(ROOT, "requirements.txt")) as f:
+        jax_pin = next(l.strip() for l in f if l.startswith("jax=="))
+    assert cmds[0][-1] == jax_pin.replace("jax==", "jax[cuda12]==")
     assert cmds[1] == ["env", "CUDA_VISIBLE_DEVICES=0,1", "python3", "-m", "rsa_jax.main",
                        "--config=configs/ssv2.py", "--workdir=/runs/a b",
                        "--config.data.data_dir=/data/tfds", "--mode=test"]
@@ -132,6 +147,29 @@ def test_slurm_dry_run_submits_itself_then_sruns_one_process_per_node():
                     "RSA_LOCAL_DEVICE_IDS=0,1,2,3,4,5,6,7", "python3", "-m", "rsa_jax.main",
                     "--config=configs/ssv2.py", "--workdir=/shared/run",
                     "--config.model.dtype=bfloat16"]
+
+
+def test_slurm_cpus_per_task_is_a_parameter():
+    base = ["--dry-run", "--config", "configs/ssv2.py", "--workdir", "/shared/run"]
+    sub = _commands(_run("slurm_gpu.sbatch", *base, "--cpus-per-task", "12").stdout)[0]
+    assert "--cpus-per-task=12" in sub
+    # Default: the node's 16 cores shared by its processes (8 with --per-gpu on 8 GPUs).
+    sub = _commands(_run("slurm_gpu.sbatch", *base, "--per-gpu").stdout)[0]
+    assert "--cpus-per-task=2" in sub and "--ntasks-per-node=8" in sub
+    r = _run("slurm_gpu.sbatch", *base, "--cpus-per-task", "0")
+    assert r.returncode == 2 and "--cpus-per-task '0'" in r.stderr
+
+
+def test_gpu_host_refuses_python_older_than_311(tmp_path):
+    old = tmp_path / "python3.10"
+    old.write_text("#!/bin/sh\nexec python3 -c 'import sys; sys.exit(1)'\n")
+    old.chmod(0o755)
+    fake_smi = tmp_path / "nvidia-smi"
+    fake_smi.write_text("#!/bin/sh\n")
+    fake_smi.chmod(0o755)
+    r = _run("gpu_host.sh", "--config", "configs/ssv2.py", "--workdir", "/w", "--python",
+             str(old), env={"PATH": f"{tmp_path}:{os.environ['PATH']}"})
+    assert r.returncode == 2 and "older than Python 3.11" in r.stderr and r.stdout == ""
 
 
 def test_slurm_dry_run_inside_job_one_process_per_gpu():
