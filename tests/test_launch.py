@@ -197,3 +197,40 @@ def test_help_works_for_every_script():
     for script in ("tpu_pod.sh", "gpu_host.sh", "slurm_gpu.sbatch"):
         r = _run(script, "--help")
         assert r.returncode == 0 and r.stdout.startswith("usage:"), script
+
+
+@pytest.mark.parametrize("local, visible, per_node, fails", [
+    (1, 8, 1, True),     # one process per node, JAX took only GPU 0
+    (8, 8, 1, False),    # one process per node with RSA_LOCAL_DEVICE_IDS=0..7
+    (1, 8, 8, False),    # one process per GPU (--per-gpu)
+    (1, 4, 2, True),     # two processes per node, each with one of four GPUs
+    (1, 1, 1, False),    # CUDA_VISIBLE_DEVICES binds one GPU per task
+])
+def test_gpu_cluster_idle_gpus_are_detected(local, visible, per_node, fails):
+    from rsa_jax import parallel
+    check = lambda: parallel.check_gpu_visibility(local, visible, per_node, platform="gpu")
+    if fails:
+        with pytest.raises(RuntimeError, match=f"--ntasks-per-node={visible}.*local_device_ids"):
+            check()
+    else:
+        check()
+    # Only GPU runs are checked: TPU/CPU device counts mean something else.
+    parallel.check_gpu_visibility(local, visible, per_node, platform="cpu")
+
+
+def test_gpu_cluster_counts_from_environment(monkeypatch):
+    from rsa_jax import parallel
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1,2,3")
+    assert parallel.visible_gpu_count() == 4
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "-1")
+    assert parallel.visible_gpu_count() == 0
+    monkeypatch.delenv("SLURM_NTASKS_PER_NODE", raising=False)
+    monkeypatch.setenv("SLURM_TASKS_PER_NODE", "8(x2)")
+    assert parallel._processes_per_node() == 8
+    # Mocked live counts: 1 local device, 4 visible GPUs, 1 task per node -> stop.
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1,2,3")
+    monkeypatch.setenv("SLURM_TASKS_PER_NODE", "1")
+    monkeypatch.setattr(parallel.jax, "local_device_count", lambda: 1)
+    monkeypatch.setattr(parallel.jax, "default_backend", lambda: "gpu")
+    with pytest.raises(RuntimeError, match="4 GPUs are visible: 3 would sit idle"):
+        parallel.check_gpu_visibility()
