@@ -69,7 +69,7 @@ def table_peak_flops(device_kind: str, dtype: Any) -> float | None:
     return None
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def measured_matmul_flops(dtype: str = "float32", n: int = 1024, repeats: int = 5) -> float:
     """Best-of-`repeats` FLOP/s of an n×n @ n×n matmul on the default device.
 
@@ -134,7 +134,7 @@ class MfuMeter:
 
     @classmethod
     def create(cls, model_cfg: Any, num_frames: int, image_size: int, clips_per_step: int,
-               devices: list | None = None) -> "MfuMeter":
+               devices: list | None = None) -> MfuMeter:
         """From the model config (compiles one forward pass for `model_stats`)."""
         from rsa_jax.models import model_stats  # local: models import train helpers
         devices = devices or jax.devices()
