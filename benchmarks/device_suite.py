@@ -105,7 +105,7 @@ def layer_part(rec: Recorder, shape, kernel, repeats: int) -> None:
 
 def autotune_part(rec: Recorder, shape, kernel) -> None:
     """The library's autotuner if it exists, else the fastest variant timed in part 1."""
-    import rsa_jax.layers as layers
+    from rsa_jax import layers
     if hasattr(layers, "autotune"):
         for dtype in ("float32", "bfloat16"):
             table = layers.autotune(shape=tuple(shape), kernel_size=tuple(kernel), dtype=dtype)
