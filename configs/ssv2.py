@@ -61,6 +61,7 @@ def get_config(arg: str = "16") -> ml_collections.ConfigDict:
     c.model.bn_momentum = 0.9              # torch momentum 0.1
     c.model.bn_eps = 1e-5
     c.model.bn_group_clips = 8             # BN statistics per 8 clips, as each official GPU (docs/training.md#recipe-audit)
+    c.model.remat = "none"                 # 'rsa' | 'block': recompute in the backward pass (docs/benchmarks.md)
 
     # docs/training.md#optimiser: SGD Nesterov 0.9, wd 5e-4 (not on BN/bias), batch 64, lr 0.02.
     c.global_batch_size = 64

@@ -54,6 +54,7 @@ def get_config(arg: str = "rsa") -> ml_collections.ConfigDict:
     c.model.bn_momentum = 0.9
     c.model.bn_eps = 1e-5
     c.model.bn_group_clips = 0             # 0: statistics over the whole batch
+    c.model.remat = "none"
 
     # The paper recipe (docs/training.md) at a CPU scale; lr raised for a 30-epoch run.
     c.global_batch_size = 16

@@ -33,6 +33,10 @@ from rsa_jax.layers import RSA
 STAGE_BLOCKS = {18: ("basic", (2, 2, 2, 2)), 34: ("basic", (3, 4, 6, 3)),
                 50: ("bottleneck", (3, 4, 6, 3)), 101: ("bottleneck", (3, 4, 23, 3))}
 BACKBONES = ("rsa", "tsn2d", "tsn3d")
+# Rematerialisation settings (docs/benchmarks.md): 'rsa' recomputes each RSA layer's
+# intermediates (relational kernels, contexts: the largest per-clip tensors) in the
+# backward pass from the layer's saved input; 'block' saves only each block's input.
+REMAT = ("none", "rsa", "block")
 
 
 def msra_fan_out():
@@ -254,6 +258,7 @@ class Block(nn.Module):
     bn_group_clips: int = 0
     dtype: Any = jnp.float32
     precision: Any = None
+    remat_rsa: bool = False
 
     def _bn(self, name, train, zero=False):
         return batch_norm(train, self.bn_group_clips, self.bn_momentum, self.bn_eps,
@@ -262,8 +267,11 @@ class Block(nn.Module):
 
     def _mid(self, name, stride):
         if self.rsa is not None:
-            return RSA(features=self.planes, **dict(self.rsa), dtype=self.dtype,
-                       precision=self.precision, name=name)
+            # nothing_saveable: only the layer's input is kept for the backward pass.
+            rsa_cls = (nn.remat(RSA, policy=jax.checkpoint_policies.nothing_saveable)
+                       if self.remat_rsa else RSA)
+            return rsa_cls(features=self.planes, **dict(self.rsa), dtype=self.dtype,
+                           precision=self.precision, name=name)
         return Conv(self.planes, self.mid_kernel, (1, stride, stride), self.dtype,
                     self.precision, name=name)
 
@@ -320,6 +328,9 @@ class ResNetTSN(nn.Module):
       bn_group_clips: 0 = batch-norm statistics over the whole (micro-)batch; g > 0 =
         over each group of g consecutive clips (`GroupBatchNorm`; 8 = official).
       dtype: compute dtype; parameters are always float32.
+      remat: one of `REMAT`: 'none', 'rsa' (recompute inside every RSA layer in
+        the backward pass) or 'block' (recompute every residual block from its
+        input).  Values and gradients are the same; only memory and time change.
     """
 
     depth: int = 50
@@ -336,6 +347,7 @@ class ResNetTSN(nn.Module):
     bn_group_clips: int = 0
     dtype: Any = jnp.float32
     precision: Any = None
+    remat: str = "none"
 
     def block_specs(self) -> list[dict]:
         """Static description of every block, in construction order."""
@@ -377,14 +389,21 @@ class ResNetTSN(nn.Module):
         y = max_pool_stem(y)
         feats["stem"] = y
         rsa_fields = dict(self.rsa)
+        if self.remat not in REMAT:
+            raise ValueError(f"model.remat must be one of {REMAT}, got {self.remat!r}")
+        # `train` (argument 2, after the module itself) picks Python branches: static.
+        block_cls = (nn.remat(Block, static_argnums=(2,),
+                              policy=jax.checkpoint_policies.nothing_saveable)
+                     if self.remat == "block" else Block)
         for spec in self.block_specs():
-            y = Block(planes=spec["planes"], kind=spec["kind"], stride=spec["stride"],
+            y = block_cls(planes=spec["planes"], kind=spec["kind"], stride=spec["stride"],
                       mid_kernel=spec["mid_kernel"],
                       rsa=tuple(rsa_fields.items()) if spec["rsa"] else None,
                       survival=spec["survival"], downsample=spec["downsample"],
                       bn_momentum=self.bn_momentum, bn_eps=self.bn_eps,
                       bn_group_clips=self.bn_group_clips, dtype=self.dtype,
-                      precision=self.precision, name=spec["name"])(y, train)
+                      precision=self.precision, remat_rsa=self.remat == "rsa",
+                      name=spec["name"])(y, train)
             feats[spec["name"].split("_")[0]] = y  # last block of a stage wins
         pooled = jnp.mean(y.astype(jnp.float32), axis=(2, 3))  # (B, T, C) spatial mean
         h = nn.Dropout(self.dropout, deterministic=not train)(pooled)
