@@ -43,6 +43,7 @@ def get_config(arg: str = "16") -> ml_collections.ConfigDict:
     c.data.num_workers = 16                # official: 16 workers
     c.data.num_threads = 4
     c.data.prefetch = 2
+    c.data.uint8_output = True             # raw pixels to the device (4x fewer bytes); normalised in the step
     c.train_split = "train"                # 168,913 videos (2640 it/epoch at batch 64)
     c.eval_split = "validation"            # 24,777 videos
 
@@ -59,6 +60,8 @@ def get_config(arg: str = "16") -> ml_collections.ConfigDict:
     c.model.dtype = "float32"              # 'bfloat16' on GPU/TPU (params stay float32)
     c.model.bn_momentum = 0.9              # torch momentum 0.1
     c.model.bn_eps = 1e-5
+    c.model.bn_group_clips = 8             # BN statistics per 8 clips, as each official GPU (docs/training.md#recipe-audit)
+    c.model.remat = "none"                 # 'rsa' | 'block': recompute in the backward pass (docs/benchmarks.md)
 
     # docs/training.md#optimiser: SGD Nesterov 0.9, wd 5e-4 (not on BN/bias), batch 64, lr 0.02.
     c.global_batch_size = 64
@@ -87,6 +90,8 @@ def get_config(arg: str = "16") -> ml_collections.ConfigDict:
     c.log_every_steps = 100
     c.profile_steps = ""                   # "a,b": jax.profiler trace of steps a..b in <workdir>/profile
     c.eval_every_epochs = 5                # official eval_freq 5 (+ last 10 epochs)
+    c.eval_last_epochs = 10                # official: also every epoch of the last 10; best top-1 kept
+    c.official_epoch_step = False          # True: the official extra zero-gradient SGD step per epoch
     c.checkpoint_every_steps = 2640        # about one epoch
     c.keep_checkpoints = 3
     c.eval_batch_size = 64

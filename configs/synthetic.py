@@ -36,6 +36,7 @@ def get_config(arg: str = "rsa") -> ml_collections.ConfigDict:
     c.data.num_workers = 0                 # 2 shared cores: decode in threads
     c.data.num_threads = 2
     c.data.prefetch = 2
+    c.data.uint8_output = True
     c.train_split = "train"
     c.eval_split = "validation"
 
@@ -52,6 +53,8 @@ def get_config(arg: str = "rsa") -> ml_collections.ConfigDict:
     c.model.dtype = "float32"
     c.model.bn_momentum = 0.9
     c.model.bn_eps = 1e-5
+    c.model.bn_group_clips = 0             # 0: statistics over the whole batch
+    c.model.remat = "none"
 
     # The paper recipe (docs/training.md) at a CPU scale; lr raised for a 30-epoch run.
     c.global_batch_size = 16
@@ -79,6 +82,8 @@ def get_config(arg: str = "rsa") -> ml_collections.ConfigDict:
     c.log_every_steps = 96
     c.profile_steps = ""                   # "a,b": jax.profiler trace of steps a..b in <workdir>/profile
     c.eval_every_epochs = 10
+    c.eval_last_epochs = 0
+    c.official_epoch_step = False
     c.checkpoint_every_steps = 0           # 0: with every evaluation
     c.keep_checkpoints = 2
     c.eval_batch_size = 32

@@ -56,4 +56,16 @@ jax_version() {
   sed -n 's/^jax==//p' "$REPO_ROOT/requirements.txt"
 }
 
+# Our pins (jax, numpy, flax, grain...) need Python >= 3.11; TPU VM base images ship
+# 3.10.  uv installs a standalone CPython build into the user's home (no root, no
+# apt repository that may lack the image's Ubuntu release) and makes the venv.
+MIN_PYTHON=3.11
+UV_VERSION=0.13.8
+
+# python_ok PYTHON: true if PYTHON runs and is at least MIN_PYTHON.
+python_ok() {
+  "$1" -c "import sys; sys.exit(sys.version_info < tuple(map(int, '$MIN_PYTHON'.split('.'))))" \
+    2>/dev/null
+}
+
 REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"

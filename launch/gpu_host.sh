@@ -63,6 +63,7 @@ fi
 if [[ "$DRY_RUN" == 0 ]]; then
   command -v nvidia-smi >/dev/null || die "nvidia-smi not found: no NVIDIA driver on this host"
   command -v "$PY" >/dev/null || die "--python '$PY' not found"
+  python_ok "$PY" || die "--python '$PY' is older than Python $MIN_PYTHON, which our pins need: pass --python /path/to/python$MIN_PYTHON (e.g. from 'uv python install $MIN_PYTHON')"
 fi
 
 cd "$REPO_ROOT"

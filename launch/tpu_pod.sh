@@ -8,8 +8,11 @@
 # Steps (each printed before it runs; --dry-run prints them only):
 #   1. (--create) gcloud compute tpus tpu-vm create
 #   2. copy the committed code (git archive HEAD) to every worker (--worker=all)
-#   3. pip install requirements.txt + jax[tpu] of the same version on every worker
-#   4. on every worker at once: RSA_DISTRIBUTED=1 python3 -m rsa_jax.main ...
+#   3. provide Python 3.11 on every worker (the base image has 3.10, our pins need
+#      >= 3.11): pip-install a pinned uv for the user, `uv python install 3.11`,
+#      `uv venv` at ~/rsa_venv
+#   4. install requirements.txt + jax[tpu] of the same version into that venv
+#   5. on every worker at once: RSA_DISTRIBUTED=1 ~/rsa_venv/bin/python -m rsa_jax.main ...
 # Each worker is one JAX process; jax.distributed.initialize() reads the slice
 # topology from the TPU metadata, so no addresses are passed. The workdir (and
 # the TFDS data_dir) must be on GCS: all hosts write one orbax checkpoint
@@ -33,7 +36,7 @@ usage: launch/tpu_pod.sh --name NAME --zone ZONE --config FILE[:ARG] --workdir g
   --config       config file relative to the repo root, e.g. configs/ssv2.py:8
   --workdir      gs:// directory for checkpoints, metrics and TensorBoard
   --data_dir     gs:// TFDS data dir holding the built dataset (-> --config.data.data_dir)
-  --skip_install do not reinstall the Python packages
+  --skip_install do not provision Python 3.11 / reinstall packages (~/rsa_venv exists)
   --detach       run under nohup (log: ~/rsa_jax/train.log on each worker) and return
   --dry-run      print the commands, run nothing
   after --        flags passed to rsa_jax.main (--mode=test, --config.x=y, ...)
@@ -88,12 +91,14 @@ JAX_VERSION="$(jax_version)"
 REV="$(git -C "$REPO_ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)"
 TARBALL="${TMPDIR:-/tmp}/rsa_jax-$REV.tar.gz"
 
-MAIN=(python3 -m rsa_jax.main --config="$CONFIG" --workdir="$WORKDIR")
+VENV_PY="~/rsa_venv/bin/python"   # left unquoted in the remote commands: ~ expands there
+UV="~/.local/bin/uv"
+MAIN=(-m rsa_jax.main --config="$CONFIG" --workdir="$WORKDIR")
 [[ -n "$DATA_DIR" ]] && MAIN+=(--config.data.data_dir="$DATA_DIR")
 MAIN+=("${EXTRA[@]}")
-TRAIN_CMD="cd ~/rsa_jax && RSA_DISTRIBUTED=1 $(quote_all "${MAIN[@]}")"
+TRAIN_CMD="cd ~/rsa_jax && RSA_DISTRIBUTED=1 $VENV_PY $(quote_all "${MAIN[@]}")"
 if [[ "$DETACH" == 1 ]]; then
-  TRAIN_CMD="cd ~/rsa_jax && nohup env RSA_DISTRIBUTED=1 $(quote_all "${MAIN[@]}") > train.log 2>&1 &"
+  TRAIN_CMD="cd ~/rsa_jax && nohup env RSA_DISTRIBUTED=1 $VENV_PY $(quote_all "${MAIN[@]}") > train.log 2>&1 &"
 fi
 
 if [[ "$CREATE" == 1 ]]; then
@@ -108,6 +113,8 @@ run gcloud compute tpus tpu-vm ssh "$NAME" "${GFLAGS[@]}" --worker=all \
   --command="rm -rf ~/rsa_jax && mkdir -p ~/rsa_jax && tar -xzf ~/rsa_jax.tar.gz -C ~/rsa_jax"
 if [[ "$SKIP_INSTALL" == 0 ]]; then
   run gcloud compute tpus tpu-vm ssh "$NAME" "${GFLAGS[@]}" --worker=all \
-    --command="cd ~/rsa_jax && python3 -m pip install -q -r requirements.txt \"jax[tpu]==$JAX_VERSION\""
+    --command="python3 -m pip install -q --user uv==$UV_VERSION && $UV python install $MIN_PYTHON && $UV venv --allow-existing --python $MIN_PYTHON ~/rsa_venv"
+  run gcloud compute tpus tpu-vm ssh "$NAME" "${GFLAGS[@]}" --worker=all \
+    --command="cd ~/rsa_jax && $UV pip install -q --python $VENV_PY -r requirements.txt \"jax[tpu]==$JAX_VERSION\""
 fi
 run gcloud compute tpus tpu-vm ssh "$NAME" "${GFLAGS[@]}" --worker=all --command="$TRAIN_CMD"

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import os
 import re
+import subprocess
 from typing import Any, Mapping, Sequence
 
 import jax
@@ -92,7 +93,61 @@ def initialize_distributed(coordinator_address: str | None = None,
     logging.info("jax.distributed: process %d of %d, %d local / %d global devices",
                  jax.process_index(), jax.process_count(), jax.local_device_count(),
                  jax.device_count())
+    check_gpu_visibility()
     return True
+
+
+def visible_gpu_count() -> int | None:
+    """NVIDIA GPUs this process may use: CUDA_VISIBLE_DEVICES, else the driver's list."""
+    cvd = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if cvd is not None:
+        ids = [i for i in cvd.split(",") if i.strip()]
+        return 0 if ids[:1] == ["-1"] else len(ids)
+    try:
+        return len(os.listdir("/proc/driver/nvidia/gpus"))
+    except OSError:
+        pass
+    try:
+        out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return sum(line.startswith("GPU ") for line in out.stdout.splitlines())
+
+
+def _processes_per_node() -> int:
+    """This node's JAX processes under SLURM (``8`` or ``8(x2)`` forms), else 1."""
+    value = (os.environ.get("SLURM_NTASKS_PER_NODE")
+             or os.environ.get("SLURM_TASKS_PER_NODE", "1"))
+    return int(re.match(r"\d+", value).group()) if re.match(r"\d+", value) else 1
+
+
+def check_gpu_visibility(local_devices: int | None = None, visible_gpus: int | None = None,
+                         processes_per_node: int | None = None,
+                         platform: str | None = None) -> None:
+    """Stops a GPU run whose processes leave some of the node's GPUs unused.
+
+    With one process per node and no local device ids, JAX's SLURM detection gives
+    each process only GPU ``SLURM_LOCALID`` (0): the run would silently use one GPU
+    per node.  Arguments default to the live values (for tests: pass them).
+
+    Raises:
+      RuntimeError: local devices × processes on this node < GPUs visible.
+    """
+    platform = platform or jax.default_backend()
+    if platform != "gpu":
+        return
+    local = jax.local_device_count() if local_devices is None else local_devices
+    visible = visible_gpu_count() if visible_gpus is None else visible_gpus
+    per_node = _processes_per_node() if processes_per_node is None else processes_per_node
+    if visible is None or local * per_node >= visible:
+        return
+    raise RuntimeError(
+        f"this process drives {local} GPU(s) and the node runs {per_node} process(es), but "
+        f"{visible} GPUs are visible: {visible - local * per_node} would sit idle. Run one "
+        f"process per GPU (SLURM --ntasks-per-node={visible}; launch/slurm_gpu.sbatch "
+        f"--per-gpu) or give each process its GPUs (RSA_LOCAL_DEVICE_IDS=0,...,{visible - 1}, "
+        f"i.e. jax.distributed.initialize(local_device_ids=...); launch/slurm_gpu.sbatch "
+        f"sets it).")
 
 
 def is_main_process() -> bool:

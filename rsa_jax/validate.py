@@ -252,6 +252,11 @@ def _check_batches(config: Any, num_devices: int, num_processes: int) -> None:
         if value is not None and (value < 1 or value % divisor):
             raise ConfigError(f"--config.{key}={value} must be a positive multiple of "
                               f"{divisor} ({why})")
+    group = config.get("model", {}).get("bn_group_clips", 0) or 0
+    micro = config.get("global_batch_size", 0) // accum
+    if group and micro % group:
+        raise ConfigError(f"--config.model.bn_group_clips={group} must divide the clips of "
+                          f"one micro-batch, global_batch_size / grad_accum_steps = {micro}")
 
 
 def validate(config: Any, workdir: str, *, mode: str = "train",

@@ -37,13 +37,24 @@ def test_tpu_pod_dry_run_prints_full_gcloud_commands():
     assert cmds[2] == ["gcloud", "compute", "tpus", "tpu-vm", "scp", tarball,
                        "rsa-v4-32:rsa_jax.tar.gz", *gflags, "--worker=all"]
     ssh = ["gcloud", "compute", "tpus", "tpu-vm", "ssh", "rsa-v4-32", *gflags, "--worker=all"]
-    assert all(c[:len(ssh)] == ssh for c in cmds[3:]) and len(cmds) == 6
-    install = cmds[4][-1]
-    assert install.startswith("--command=cd ~/rsa_jax && python3 -m pip install")
-    assert "-r requirements.txt" in install and '"jax[tpu]==' in install
-    train = cmds[5][-1].removeprefix("--command=")
+    assert all(c[:len(ssh)] == ssh for c in cmds[3:]) and len(cmds) == 7
+    # The base image's Python is 3.10: a pinned uv provides 3.11 in a venv ...
+    provision = shlex.split(cmds[4][-1].removeprefix("--command="))
+    assert provision == ["python3", "-m", "pip", "install", "-q", "--user", "uv==0.13.8", "&&",
+                         "~/.local/bin/uv", "python", "install", "3.11", "&&",
+                         "~/.local/bin/uv", "venv", "--allow-existing", "--python", "3.11",
+                         "~/rsa_venv"]
+    # ... which gets the requirements and the TPU wheels of requirements.txt's jax.
+    with open(os.path.join(ROOT, "requirements.txt")) as f:
+        jax_pin = next(l.strip() for l in f if l.startswith("jax=="))
+    install = shlex.split(cmds[5][-1].removeprefix("--command="))
+    assert install == ["cd", "~/rsa_jax", "&&", "~/.local/bin/uv", "pip", "install", "-q",
+                       "--python", "~/rsa_venv/bin/python", "-r", "requirements.txt",
+                       jax_pin.replace("jax==", "jax[tpu]==")]
+    train = cmds[6][-1].removeprefix("--command=")
     assert shlex.split(train) == [
-        "cd", "~/rsa_jax", "&&", "RSA_DISTRIBUTED=1", "python3", "-m", "rsa_jax.main",
+        "cd", "~/rsa_jax", "&&", "RSA_DISTRIBUTED=1", "~/rsa_venv/bin/python", "-m",
+        "rsa_jax.main",
         "--config=configs/ssv2.py:8", "--workdir=gs://bkt/runs/ssv2",
         "--config.data.data_dir=gs://bkt/tfds", "--config.model.dtype=bfloat16"]
 
@@ -54,7 +65,9 @@ def test_tpu_pod_dry_run_existing_vm_detached():
     assert r.returncode == 0, r.stderr
     cmds = _commands(r.stdout)
     assert not any("create" in c for c in cmds) and not any("pip" in " ".join(c) for c in cmds)
-    assert cmds[-1][-1] == ("--command=cd ~/rsa_jax && nohup env RSA_DISTRIBUTED=1 python3 -m "
+    assert not any("uv" in " ".join(c) for c in cmds)
+    assert cmds[-1][-1] == ("--command=cd ~/rsa_jax && nohup env RSA_DISTRIBUTED=1 "
+                            "~/rsa_venv/bin/python -m "
                             "rsa_jax.main --config=configs/synthetic.py --workdir=gs://b/w "
                             "> train.log 2>&1 &")
 
@@ -86,7 +99,9 @@ def test_gpu_host_dry_run():
     assert r.returncode == 0, r.stderr
     cmds = _commands(r.stdout)
     assert cmds[0][:6] == ["python3", "-m", "pip", "install", "-q", "-r"]
-    assert cmds[0][-1].startswith("jax[cuda12]==")
+    with open(os.path.join(ROOT, "requirements.txt")) as f:
+        jax_pin = next(l.strip() for l in f if l.startswith("jax=="))
+    assert cmds[0][-1] == jax_pin.replace("jax==", "jax[cuda12]==")
     assert cmds[1] == ["env", "CUDA_VISIBLE_DEVICES=0,1", "python3", "-m", "rsa_jax.main",
                        "--config=configs/ssv2.py", "--workdir=/runs/a b",
                        "--config.data.data_dir=/data/tfds", "--mode=test"]
@@ -134,6 +149,29 @@ def test_slurm_dry_run_submits_itself_then_sruns_one_process_per_node():
                     "--config.model.dtype=bfloat16"]
 
 
+def test_slurm_cpus_per_task_is_a_parameter():
+    base = ["--dry-run", "--config", "configs/ssv2.py", "--workdir", "/shared/run"]
+    sub = _commands(_run("slurm_gpu.sbatch", *base, "--cpus-per-task", "12").stdout)[0]
+    assert "--cpus-per-task=12" in sub
+    # Default: the node's 16 cores shared by its processes (8 with --per-gpu on 8 GPUs).
+    sub = _commands(_run("slurm_gpu.sbatch", *base, "--per-gpu").stdout)[0]
+    assert "--cpus-per-task=2" in sub and "--ntasks-per-node=8" in sub
+    r = _run("slurm_gpu.sbatch", *base, "--cpus-per-task", "0")
+    assert r.returncode == 2 and "--cpus-per-task '0'" in r.stderr
+
+
+def test_gpu_host_refuses_python_older_than_311(tmp_path):
+    old = tmp_path / "python3.10"
+    old.write_text("#!/bin/sh\nexec python3 -c 'import sys; sys.exit(1)'\n")
+    old.chmod(0o755)
+    fake_smi = tmp_path / "nvidia-smi"
+    fake_smi.write_text("#!/bin/sh\n")
+    fake_smi.chmod(0o755)
+    r = _run("gpu_host.sh", "--config", "configs/ssv2.py", "--workdir", "/w", "--python",
+             str(old), env={"PATH": f"{tmp_path}:{os.environ['PATH']}"})
+    assert r.returncode == 2 and "older than Python 3.11" in r.stderr and r.stdout == ""
+
+
 def test_slurm_dry_run_inside_job_one_process_per_gpu():
     env = {"SLURM_JOB_ID": "42", "SLURM_JOB_NUM_NODES": "3", "SLURM_GPUS_ON_NODE": "4",
            "SLURM_SUBMIT_DIR": ROOT}
@@ -159,3 +197,40 @@ def test_help_works_for_every_script():
     for script in ("tpu_pod.sh", "gpu_host.sh", "slurm_gpu.sbatch"):
         r = _run(script, "--help")
         assert r.returncode == 0 and r.stdout.startswith("usage:"), script
+
+
+@pytest.mark.parametrize("local, visible, per_node, fails", [
+    (1, 8, 1, True),     # one process per node, JAX took only GPU 0
+    (8, 8, 1, False),    # one process per node with RSA_LOCAL_DEVICE_IDS=0..7
+    (1, 8, 8, False),    # one process per GPU (--per-gpu)
+    (1, 4, 2, True),     # two processes per node, each with one of four GPUs
+    (1, 1, 1, False),    # CUDA_VISIBLE_DEVICES binds one GPU per task
+])
+def test_gpu_cluster_idle_gpus_are_detected(local, visible, per_node, fails):
+    from rsa_jax import parallel
+    check = lambda: parallel.check_gpu_visibility(local, visible, per_node, platform="gpu")
+    if fails:
+        with pytest.raises(RuntimeError, match=f"--ntasks-per-node={visible}.*local_device_ids"):
+            check()
+    else:
+        check()
+    # Only GPU runs are checked: TPU/CPU device counts mean something else.
+    parallel.check_gpu_visibility(local, visible, per_node, platform="cpu")
+
+
+def test_gpu_cluster_counts_from_environment(monkeypatch):
+    from rsa_jax import parallel
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1,2,3")
+    assert parallel.visible_gpu_count() == 4
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "-1")
+    assert parallel.visible_gpu_count() == 0
+    monkeypatch.delenv("SLURM_NTASKS_PER_NODE", raising=False)
+    monkeypatch.setenv("SLURM_TASKS_PER_NODE", "8(x2)")
+    assert parallel._processes_per_node() == 8
+    # Mocked live counts: 1 local device, 4 visible GPUs, 1 task per node -> stop.
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1,2,3")
+    monkeypatch.setenv("SLURM_TASKS_PER_NODE", "1")
+    monkeypatch.setattr(parallel.jax, "local_device_count", lambda: 1)
+    monkeypatch.setattr(parallel.jax, "default_backend", lambda: "gpu")
+    with pytest.raises(RuntimeError, match="4 GPUs are visible: 3 would sit idle"):
+        parallel.check_gpu_visibility()

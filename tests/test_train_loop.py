@@ -17,6 +17,7 @@ import pytest
 from rsa_jax import ensemble
 from rsa_jax.data import pipeline
 from rsa_jax.train import train
+from rsa_jax.train.checkpoint import Checkpointer
 
 pytestmark = pytest.mark.slow
 
@@ -103,3 +104,41 @@ def test_eval_and_test_modes_write_scores_and_ensemble(data_dir, tmp_path):
                          os.path.join(workdir, "eval", "validation_test_scores.npz"),
                          "--out", out])
     assert ens["num_videos"] == 16 and np.load(out)["scores"].shape == (16, 8)
+
+
+def test_eval_schedule_checkpoints_every_eval_and_mode_eval_takes_the_best(
+        data_dir, tmp_path, capsys):
+    """3 epochs of 4 steps: eval every 3 epochs + each of the last 2 (steps 8, 12),
+    checkpoints every 3 steps, periods that do not divide each other; the run also
+    uses uint8 input, BN groups of 4 clips and the official epoch step."""
+    workdir = str(tmp_path / "run")
+    cfg = _config(data_dir, num_epochs=3, eval_every_epochs=3, eval_last_epochs=2,
+                  checkpoint_every_steps=3, keep_checkpoints=5, official_epoch_step=True)
+    cfg.data.uint8_output = True
+    cfg.model.bn_group_clips = 4
+    train.train_and_evaluate(cfg, workdir)
+    rows = [json.loads(l) for l in open(os.path.join(workdir, "metrics.jsonl"))]
+    evals = {r["step"]: r["eval/top1"] for r in rows if "eval/top1" in r}
+    assert sorted(evals) == [8, 12]
+    assert all("eval/loss_smoothed" in r for r in rows if "eval/top1" in r)
+    ckpt_dir = os.path.join(workdir, "checkpoints")
+    assert sorted(int(s) for s in os.listdir(ckpt_dir) if s.isdigit()) == [3, 6, 8, 9, 12]
+    best = Checkpointer(ckpt_dir, read_only=True).best_step()
+    assert best in (8, 12) and evals[best] == max(evals.values())
+    capsys.readouterr()
+    m = train.evaluate_checkpoint(_with(cfg, init_from=str(tmp_path)), workdir)
+    out = capsys.readouterr().out
+    assert f"evaluating {ckpt_dir}/{best} (best top1); --config.init_from=" in out
+    assert m["top1"] == pytest.approx(evals[best])
+    # init_from takes a workdir or a step folder, not only the inner state folder
+    assert train.resolve_init_from(workdir) == os.path.join(ckpt_dir, str(best), "state")
+    assert train.resolve_init_from(os.path.join(ckpt_dir, "3")) == os.path.join(
+        ckpt_dir, "3", "state")
+    fresh = train.evaluate_checkpoint(_with(cfg, init_from=workdir), str(tmp_path / "empty"))
+    assert fresh["top1"] == pytest.approx(evals[best])
+
+
+def _with(cfg, **kw):
+    c = cfg.copy_and_resolve_references()
+    c.update(kw)
+    return c

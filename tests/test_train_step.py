@@ -103,7 +103,7 @@ def test_grad_accumulation_matches_without_bn_effects():
 
 
 def test_lr_schedule_matches_logged_values():
-    """rsa-method.md §4.2 / Appendix A: per-epoch lr of the SSv2 / SSv1 logs (E = 80)."""
+    """docs/training.md#schedule: per-epoch lr of the SSv2 / SSv1 logs (E = 80)."""
     spe = 7
     sched = optim.lr_schedule(_config(), steps_per_epoch=spe)
     logged = {0: 0.004016, 1: 0.008012, 2: 0.012008, 3: 0.016004, 4: 0.02, 5: 0.0199912,
@@ -121,7 +121,8 @@ def test_lr_schedule_matches_logged_values():
 
 
 def test_optimizer_is_torch_sgd_nesterov_coupled_decay():
-    """optax chain == PyTorch 1.6 SGD(nesterov, wd) after clip_grad_norm_ (§4.1)."""
+    """optax chain == PyTorch 1.6 SGD(nesterov, wd) after clip_grad_norm_
+    (docs/training.md#optimiser)."""
     cfg = _config(grad_clip_norm=1.0, schedule="step")
     tx = optim.create_optimizer(cfg, steps_per_epoch=3)
     lr_fn = optim.lr_schedule(cfg, 3)
@@ -158,7 +159,8 @@ def test_weight_decay_mask_skips_bn_and_bias():
 
 
 def test_label_smoothing_is_official_loss():
-    """0.1·mean(-Σ log p)/K + 0.9·NLL (§4.3) == CE against smoothed targets."""
+    """0.1·mean(-Σ log p)/K + 0.9·NLL (docs/training.md#loss) == CE against smoothed
+    targets."""
     r = np.random.RandomState(1)
     logits, labels = r.randn(4, NUM_CLASSES), r.randint(0, NUM_CLASSES, 4)
     logp = jax.nn.log_softmax(logits)
@@ -178,3 +180,34 @@ def test_multiview_eval_averages_views():
     multi = step_lib.eval_step(state, v)
     single = np.stack([step_lib.eval_step(state, v[:, i]) for i in range(3)], 1).mean(1)
     np.testing.assert_allclose(multi, single, rtol=1e-5, atol=1e-6)
+
+
+def test_uint8_input_is_normalised_on_device_like_the_host_path():
+    """data.uint8_output: the jitted steps normalise; logits/loss/update match the
+    host-normalised float32 batch (docs/data.md#pipeline)."""
+    from rsa_jax.data import transforms
+    mesh = parallel.create_mesh({"data": 2}, jax.devices()[:2])
+    cfg = _config(learning_rate=0.5)
+    tx = optim.create_optimizer(cfg, 1)
+    state, sh = step_lib.create_train_state(TinyVideoNet(), tx, jax.random.PRNGKey(0),
+                                            (1, 2, 8, 8, 3), mesh)
+    twin = jax.tree_util.tree_map(jnp.copy, state)     # the train step donates its state
+    train, evaluate = step_lib.compile_steps(
+        mesh, sh, learning_rate_fn=optim.lr_schedule(cfg, 1), label_smoothing=0.1)
+    r = np.random.RandomState(4)
+    pixels = r.randint(0, 256, (4, 2, 8, 8, 3)).astype(np.uint8)
+    host = transforms.normalize(pixels)
+    labels = r.randint(0, NUM_CLASSES, 4).astype(np.int32)
+    np.testing.assert_allclose(np.asarray(step_lib.normalize_video(pixels)), host, atol=1e-6)
+    feed = lambda v: parallel.shard_batch({"video": v, "label": labels}, mesh)
+    logits_u8 = np.asarray(evaluate(state, feed(pixels)["video"]))
+    logits_f32 = np.asarray(evaluate(state, feed(host)["video"]))
+    np.testing.assert_allclose(logits_u8, logits_f32, atol=1e-6)
+    assert np.abs(logits_f32).max() > 1e-2            # not trivially zero
+    s_u8, m_u8 = train(state, feed(pixels))
+    s_f32, m_f32 = train(twin, feed(host))
+    np.testing.assert_allclose(float(m_u8.compute()["loss"]), float(m_f32.compute()["loss"]),
+                               atol=1e-6)
+    for a, b in zip(jax.tree_util.tree_leaves(jax.device_get((s_u8.params, s_u8.batch_stats))),
+                    jax.tree_util.tree_leaves(jax.device_get((s_f32.params, s_f32.batch_stats)))):
+        np.testing.assert_allclose(a, b, atol=1e-6)

@@ -232,3 +232,11 @@ def test_main_typo_one_line_and_finished_rerun(tmp_path):
     assert r.returncode == 0, r.stderr
     assert f"{workdir} holds a finished run (top1 90.00)" in r.stdout
     assert sorted(os.listdir(workdir)) == ["DONE.json"]
+
+
+def test_bn_groups_must_divide_the_micro_batch(ssv2, tmp_path):
+    ssv2.from_scratch = True
+    ssv2.grad_accum_steps = 16                       # 64 / 16 = 4 clips < 8 per group
+    _fails(ssv2, tmp_path / "w", r"bn_group_clips=8 must divide .* = 4", num_devices=1)
+    ssv2.grad_accum_steps = 8                        # exactly one group per micro-batch
+    validate.validate(ssv2, str(tmp_path / "w"), num_devices=1)

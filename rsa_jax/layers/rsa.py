@@ -374,6 +374,7 @@ class RSA(nn.Module):
 
         fn = self._conv_form if self.implementation == "conv" else self._patch_form
         y = fn(q, k, v, p1, lam, h1, h2, g, d, ks)  # (B, T, H, W, dv, nh)
+        self.sow_kernels(q, k, p1, h1, d)
         y = y.reshape(y.shape[:-2] + (d.dv * d.nh,))  # channel e·nh + h
         if max(self.strides) > 1:
             y = avg_pool_stride2(y)
@@ -449,3 +450,36 @@ class RSA(nn.Module):
             mix = vtg if lam is None else vtg + lam
             ctx = jnp.einsum("bthwmc,bthwce->bthwme", vw, mix, precision=prec)
         return jnp.einsum("bthwnm,bthwme->bthwen", kern, ctx, precision=prec)
+
+    def sow_kernels(self, q, k, p1, h1, d: RSADims) -> None:
+        """Records the latent kernels of every query for inspection (docs/using.md).
+
+        Only when the 'rsa_kernels' collection is mutable
+        (``apply(..., mutable=['rsa_kernels'])``), so training, evaluation and
+        'intermediates' captures trace nothing extra. Sows 'kernel_basic' q̂ᵀP
+        and 'kernel_relational' q̂ᵀR_n, each (B, T, H, W, nh, dd) in the latent
+        space; `window_kernels` maps them onto the kT·kH·kW window (κ = latent · A,
+        docs/method.md#kernels). R_n comes from the factorised grouped
+        convolution of k̂ with H1, whatever ``implementation`` is.
+        """
+        if self.is_initializing() or not self.is_mutable_collection("rsa_kernels"):
+            return  # init makes every collection mutable: no kernels in the variables
+        zeros = jnp.zeros(q.shape[:-1] + (d.dd,), q.dtype)
+        if self.kernel_type == "V":  # the query itself is the latent kernel
+            basic, rel = q, zeros
+        else:
+            r = _conv3d_native(k, h1, self.precision, groups=d.dk)
+            r = r.reshape(r.shape[:-1] + (d.dk, d.dd))
+            rel = jnp.einsum("...nj,...jd->...nd", q, r, precision=self.precision)
+            basic = zeros if p1 is None else jnp.einsum(
+                "...nj,jd->...nd", q, p1, precision=self.precision)
+        self.sow("rsa_kernels", "kernel_basic", basic)
+        self.sow("rsa_kernels", "kernel_relational", rel)
+
+    @staticmethod
+    def window_kernels(latent: jax.Array, h2: jax.Array) -> jax.Array:
+        """Latent kernels (..., nh, dd) and the layer's H2 (kT, kH, kW, 1, dd) ->
+        window kernels κ (..., nh, kT, kH, kW), offsets in (t, h, w) order."""
+        ks = h2.shape[:3]
+        a = jnp.reshape(h2, (-1, h2.shape[-1])).T  # A ∈ R^{dd × M}
+        return jnp.einsum("...nd,dm->...nm", latent, a).reshape(latent.shape[:-1] + ks)

@@ -29,7 +29,7 @@ def default_model_config() -> dict:
                          context_type="VplusR", implementation="conv", key_dim=None,
                          value_dim=None, latent_dim=None),
                 dropout=0.3, stochastic_depth=0.2, dtype="float32",
-                bn_momentum=0.9, bn_eps=1e-5)
+                bn_momentum=0.9, bn_eps=1e-5, bn_group_clips=0, remat="none")
 
 
 def _get(cfg: Any, key: str, default: Any) -> Any:
@@ -85,7 +85,9 @@ def build_model(model_cfg: Any) -> ResNetTSN:
         stochastic_depth=float(_get(cfg, "stochastic_depth", d["stochastic_depth"])),
         bn_momentum=float(_get(cfg, "bn_momentum", d["bn_momentum"])),
         bn_eps=float(_get(cfg, "bn_eps", d["bn_eps"])),
-        dtype=dtype, precision=_get(cfg, "precision", None))
+        bn_group_clips=int(_get(cfg, "bn_group_clips", d["bn_group_clips"])),
+        dtype=dtype, precision=_get(cfg, "precision", None),
+        remat=str(_get(cfg, "remat", d["remat"])))
 
 
 def count_params(tree: Any) -> int:

@@ -1,4 +1,4 @@
-"""TSN-ResNet with RSA blocks (rsa-method.md §3), plus its 2D/3D-conv baselines.
+"""TSN-ResNet with RSA blocks (docs/method.md#network), plus its 2D/3D-conv baselines.
 
 The official network (``ops/models.py`` TSN + ``ops/ResNet.py``) is a ResNet whose
 convolutions are Conv3d with (1,k,k) kernels and no temporal stride: every frame
@@ -33,6 +33,10 @@ from rsa_jax.layers import RSA
 STAGE_BLOCKS = {18: ("basic", (2, 2, 2, 2)), 34: ("basic", (3, 4, 6, 3)),
                 50: ("bottleneck", (3, 4, 6, 3)), 101: ("bottleneck", (3, 4, 23, 3))}
 BACKBONES = ("rsa", "tsn2d", "tsn3d")
+# Rematerialisation settings (docs/benchmarks.md): 'rsa' recomputes each RSA layer's
+# intermediates (relational kernels, contexts: the largest per-clip tensors) in the
+# backward pass from the layer's saved input; 'block' saves only each block's input.
+REMAT = ("none", "rsa", "block")
 
 
 def msra_fan_out():
@@ -124,6 +128,67 @@ def _max_pool_stem_bwd(res, g):
 max_pool_stem.defvjp(_max_pool_stem_fwd, _max_pool_stem_bwd)
 
 
+class GroupBatchNorm(nn.Module):
+    """Batch norm whose training statistics are over groups of ``group_clips`` clips.
+
+    The official run normalises each GPU's 8 clips under DataParallel
+    (docs/method.md#quirks); here the groups are consecutive rows of the global
+    batch, whatever the device layout. Variables are named as ``nn.BatchNorm``'s
+    (params scale/bias, batch_stats mean/var), so checkpoints are interchangeable.
+    As under DataParallel, where only replica 0's buffers persist, the running
+    statistics are updated from the first group alone. Same arithmetic as
+    ``nn.BatchNorm`` (float32 E[x²] − E[x]² statistics, biased variance).
+    """
+
+    group_clips: int
+    use_running_average: bool = False
+    momentum: float = 0.9
+    epsilon: float = 1e-5
+    dtype: Any = jnp.float32
+    param_dtype: Any = jnp.float32
+    scale_init: Any = nn.initializers.ones
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        c = x.shape[-1]
+        ra_mean = self.variable("batch_stats", "mean", lambda: jnp.zeros((c,), jnp.float32))
+        ra_var = self.variable("batch_stats", "var", lambda: jnp.ones((c,), jnp.float32))
+        scale = self.param("scale", self.scale_init, (c,), self.param_dtype)
+        bias = self.param("bias", nn.initializers.zeros, (c,), self.param_dtype)
+        if self.use_running_average:
+            mean, var, xg = ra_mean.value, ra_var.value, x
+        else:
+            b, g = x.shape[0], self.group_clips
+            if b % g:
+                raise ValueError(f"model.bn_group_clips={g} does not divide the batch of {b} "
+                                 "clips (per micro-batch) seen by a batch-norm layer")
+            xg = x.reshape((b // g, g) + x.shape[1:])
+            x32 = xg.astype(jnp.float32)
+            axes = tuple(range(1, xg.ndim - 1))
+            mean = x32.mean(axes)
+            var = jnp.maximum(0.0, (x32 * x32).mean(axes) - mean * mean)
+            if not self.is_initializing():
+                m = self.momentum
+                ra_mean.value = m * ra_mean.value + (1 - m) * mean[0]
+                ra_var.value = m * ra_var.value + (1 - m) * var[0]
+            mean, var = (v.reshape(v.shape[:1] + (1,) * len(axes) + v.shape[1:])
+                         for v in (mean, var))
+        y = (xg - mean) * (lax.rsqrt(var + self.epsilon) * scale) + bias
+        return y.reshape(x.shape).astype(self.dtype)
+
+
+def batch_norm(train: bool, group_clips: int, momentum: float, epsilon: float, dtype: Any,
+               name: str, scale_init: Any = nn.initializers.ones) -> nn.Module:
+    """``nn.BatchNorm`` over the whole batch, or `GroupBatchNorm` when ``group_clips > 0``."""
+    if group_clips:
+        return GroupBatchNorm(group_clips, use_running_average=not train, momentum=momentum,
+                              epsilon=epsilon, dtype=dtype, param_dtype=jnp.float32,
+                              scale_init=scale_init, name=name)
+    return nn.BatchNorm(use_running_average=not train, momentum=momentum, epsilon=epsilon,
+                        axis_name=None, dtype=dtype, param_dtype=jnp.float32, name=name,
+                        scale_init=scale_init)
+
+
 class Conv(nn.Module):
     """Bias-free Conv3d with PyTorch padding k//2; (1,k,k) kernels run per frame.
 
@@ -190,19 +255,23 @@ class Block(nn.Module):
     downsample: bool = False
     bn_momentum: float = 0.9
     bn_eps: float = 1e-5
+    bn_group_clips: int = 0
     dtype: Any = jnp.float32
     precision: Any = None
+    remat_rsa: bool = False
 
     def _bn(self, name, train, zero=False):
-        return nn.BatchNorm(use_running_average=not train, momentum=self.bn_momentum,
-                            epsilon=self.bn_eps, axis_name=None, dtype=self.dtype,
-                            param_dtype=jnp.float32, name=name,
-                            scale_init=nn.initializers.zeros if zero else nn.initializers.ones)
+        return batch_norm(train, self.bn_group_clips, self.bn_momentum, self.bn_eps,
+                          self.dtype, name,
+                          nn.initializers.zeros if zero else nn.initializers.ones)
 
     def _mid(self, name, stride):
         if self.rsa is not None:
-            return RSA(features=self.planes, **dict(self.rsa), dtype=self.dtype,
-                       precision=self.precision, name=name)
+            # nothing_saveable: only the layer's input is kept for the backward pass.
+            rsa_cls = (nn.remat(RSA, policy=jax.checkpoint_policies.nothing_saveable)
+                       if self.remat_rsa else RSA)
+            return rsa_cls(features=self.planes, **dict(self.rsa), dtype=self.dtype,
+                           precision=self.precision, name=name)
         return Conv(self.planes, self.mid_kernel, (1, stride, stride), self.dtype,
                     self.precision, name=name)
 
@@ -256,7 +325,12 @@ class ResNetTSN(nn.Module):
       dropout: dropout rate on the per-frame 2048-d feature before ``new_fc``.
       stochastic_depth: final drop rate of the linear schedule (0.2 -> 1.0 ... 0.8).
       bn_momentum, bn_eps: flax convention (PyTorch momentum 0.1 == flax 0.9).
+      bn_group_clips: 0 = batch-norm statistics over the whole (micro-)batch; g > 0 =
+        over each group of g consecutive clips (`GroupBatchNorm`; 8 = official).
       dtype: compute dtype; parameters are always float32.
+      remat: one of `REMAT`: 'none', 'rsa' (recompute inside every RSA layer in
+        the backward pass) or 'block' (recompute every residual block from its
+        input).  Values and gradients are the same; only memory and time change.
     """
 
     depth: int = 50
@@ -270,8 +344,10 @@ class ResNetTSN(nn.Module):
     stochastic_depth: float = 0.2
     bn_momentum: float = 0.9
     bn_eps: float = 1e-5
+    bn_group_clips: int = 0
     dtype: Any = jnp.float32
     precision: Any = None
+    remat: str = "none"
 
     def block_specs(self) -> list[dict]:
         """Static description of every block, in construction order."""
@@ -307,20 +383,27 @@ class ResNetTSN(nn.Module):
         feats = {}
         y = Conv(self.width, (1, 7, 7), (1, 2, 2), self.dtype, self.precision,
                  name="conv1")(x.astype(self.dtype))
-        y = nn.BatchNorm(use_running_average=not train, momentum=self.bn_momentum,
-                         epsilon=self.bn_eps, axis_name=None, dtype=self.dtype,
-                         param_dtype=jnp.float32, name="bn1")(y)
+        y = batch_norm(train, self.bn_group_clips, self.bn_momentum, self.bn_eps, self.dtype,
+                       "bn1")(y)
         y = nn.relu(y)
         y = max_pool_stem(y)
         feats["stem"] = y
         rsa_fields = dict(self.rsa)
+        if self.remat not in REMAT:
+            raise ValueError(f"model.remat must be one of {REMAT}, got {self.remat!r}")
+        # `train` (argument 2, after the module itself) picks Python branches: static.
+        block_cls = (nn.remat(Block, static_argnums=(2,),
+                              policy=jax.checkpoint_policies.nothing_saveable)
+                     if self.remat == "block" else Block)
         for spec in self.block_specs():
-            y = Block(planes=spec["planes"], kind=spec["kind"], stride=spec["stride"],
+            y = block_cls(planes=spec["planes"], kind=spec["kind"], stride=spec["stride"],
                       mid_kernel=spec["mid_kernel"],
                       rsa=tuple(rsa_fields.items()) if spec["rsa"] else None,
                       survival=spec["survival"], downsample=spec["downsample"],
-                      bn_momentum=self.bn_momentum, bn_eps=self.bn_eps, dtype=self.dtype,
-                      precision=self.precision, name=spec["name"])(y, train)
+                      bn_momentum=self.bn_momentum, bn_eps=self.bn_eps,
+                      bn_group_clips=self.bn_group_clips, dtype=self.dtype,
+                      precision=self.precision, remat_rsa=self.remat == "rsa",
+                      name=spec["name"])(y, train)
             feats[spec["name"].split("_")[0]] = y  # last block of a stage wins
         pooled = jnp.mean(y.astype(jnp.float32), axis=(2, 3))  # (B, T, C) spatial mean
         h = nn.Dropout(self.dropout, deterministic=not train)(pooled)

@@ -44,8 +44,11 @@ class Checkpointer:
             cm.BestN(get_metric_fn=lambda m: m[best_metric], n=1,
                      keep_checkpoints_without_metrics=False),
         ])
+        # best_fn as well: without it orbax neither writes the metrics nor answers
+        # best_step() with anything but the latest step.
         options = ocp.CheckpointManagerOptions(preservation_policy=policy, create=not read_only,
-                                               read_only=read_only)
+                                               read_only=read_only,
+                                               best_fn=lambda m: m[best_metric], best_mode="max")
         self.directory = os.path.abspath(directory)
         # orbax's first multi-host sync is a device collective, which on CPU
         # (gloo) fails if a host is 30 s late: line the hosts up first.
@@ -57,6 +60,7 @@ class Checkpointer:
         return self.manager.latest_step()
 
     def best_step(self) -> int | None:
+        """Step of the best checkpoint by the metric; None if none has metrics."""
         return self.manager.best_step()
 
     def save(self, step: int, state: Any, data_iter: Any = None,

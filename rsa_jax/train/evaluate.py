@@ -1,6 +1,7 @@
-"""Evaluation over a split: top-1 / top-5 / mean per-class accuracy and per-video scores.
+"""Evaluation over a split: top-1 / top-5 / mean per-class accuracy, losses and per-video scores.
 
-``mode='eval'`` is the official protocol (1 centre clip, 1 centre crop, §5);
+``mode='eval'`` is the official protocol (1 centre clip, 1 centre crop,
+docs/training.md#evaluation);
 ``mode='test'`` uses ``data.test_num_clips`` × ``data.test_num_crops`` views per
 video, whose logits are averaged. Scores are raw logits (like the official
 ``score_240c1.pt``), written to ``<workdir>/eval/<split>_scores.npz`` with the
@@ -28,25 +29,50 @@ def _gather(x: np.ndarray) -> np.ndarray:
     return np.asarray(multihost_utils.process_allgather(x, tiled=True))
 
 
-def accuracy_metrics(scores: np.ndarray, labels: np.ndarray) -> dict[str, float]:
-    """top1/top5 (%, over videos), mean per-class top-1 (%, FineGym's metric), CE loss."""
+def _log_softmax(scores: np.ndarray) -> np.ndarray:
+    z = scores.astype(np.float64) - scores.max(1, keepdims=True)
+    return z - np.log(np.exp(z).sum(1, keepdims=True))
+
+
+def accuracy_metrics(scores: np.ndarray, labels: np.ndarray, label_smoothing: float = 0.0
+                     ) -> dict[str, float]:
+    """Metrics of per-video logits against labels (docs/training.md#evaluation).
+
+    top1/top5 (%, over videos); ``loss``: plain cross-entropy; ``loss_smoothed``:
+    the official validation loss (its training criterion, CE against
+    ``(1 − ε)·one-hot + ε/K``); ``mean_class_acc``: mean top-1 over the classes
+    present in ``labels`` (FineGym's metric); ``mean_class_acc_official``: the
+    official log's figure, ``mean(hit_c / (count_c + 1e-4))`` over the classes that
+    occur as a label *or* a prediction (sklearn's confusion-matrix classes), so a
+    class only ever predicted counts as 0.
+    """
     k = min(5, scores.shape[1])
     topk = np.argsort(-scores, axis=1)[:, :k]
-    top1 = topk[:, 0] == labels
+    pred = topk[:, 0]
+    top1 = pred == labels
     per_class = [top1[labels == c].mean() for c in np.unique(labels)]
-    logp = scores - scores.max(1, keepdims=True)
-    logp = logp - np.log(np.exp(logp).sum(1, keepdims=True))
+    classes = np.union1d(labels, pred)
+    hits = np.array([np.sum(top1 & (labels == c)) for c in classes], np.float64)
+    counts = np.array([np.sum(labels == c) for c in classes], np.float64)
+    logp = _log_softmax(scores)
+    nll = -logp[np.arange(len(labels)), labels]
+    smoothed = (1.0 - label_smoothing) * nll + label_smoothing * -logp.mean(1)
     return {"top1": 100.0 * float(top1.mean()),
             "top5": 100.0 * float((topk == labels[:, None]).any(1).mean()),
             "mean_class_acc": 100.0 * float(np.mean(per_class)),
-            "loss": float(-logp[np.arange(len(labels)), labels].mean()),
+            "mean_class_acc_official": 100.0 * float(np.mean(hits / (counts + 1e-4))),
+            "loss": float(nll.mean()),
+            "loss_smoothed": float(smoothed.mean()),
             "num_videos": int(len(labels))}
 
 
 def evaluate(eval_fn: Callable, state: Any, data_cfg: Any, mesh, *, split: str,
-             mode: str = "eval", global_batch_size: int, seed: int = 0
+             mode: str = "eval", global_batch_size: int, seed: int = 0,
+             label_smoothing: float = 0.0
              ) -> tuple[dict[str, float], dict[str, np.ndarray]]:
     """Runs ``eval_fn(state, video)`` over every video of ``split`` once.
+
+    ``label_smoothing`` is the ε of the reported ``loss_smoothed`` (the run's own).
 
     Returns:
       (metrics, scores) with scores = {'scores' (N, C) float32 logits,
@@ -69,7 +95,7 @@ def evaluate(eval_fn: Callable, state: Any, data_cfg: Any, mesh, *, split: str,
     scores = {"scores": np.concatenate(logits)[keep][order].astype(np.float32),
               "labels": np.concatenate(labels)[keep][order].astype(np.int32),
               "index": index[order].astype(np.int64)}
-    return accuracy_metrics(scores["scores"], scores["labels"]), scores
+    return accuracy_metrics(scores["scores"], scores["labels"], label_smoothing), scores
 
 
 def scores_path(workdir: str, split: str) -> str:

@@ -14,11 +14,19 @@ import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from clu import metrics
 from flax.training import train_state
 
 from rsa_jax import parallel
+from rsa_jax.data import transforms
+from rsa_jax.train import optim
+
+# The host path's folded constants (transforms._NORMALIZE_LUT is built from the
+# same float32 products), so device and host normalisation agree to rounding.
+_MEAN_255 = transforms.IMAGENET_MEAN * np.float32(255.0)
+_INV_STD_255 = np.float32(1.0) / (transforms.IMAGENET_STD * np.float32(255.0))
 
 
 class TrainState(train_state.TrainState):
@@ -51,11 +59,20 @@ def init_state(model: nn.Module, tx: optax.GradientTransformation, rng: jax.Arra
                              batch_stats=variables.get("batch_stats", {}), rng=k_train)
 
 
+def normalize_video(video: jax.Array) -> jax.Array:
+    """uint8 pixels → float32 ImageNet-normalised (inside the jitted steps, so the
+    host sends 1 byte per value instead of 4); float input is already normalised
+    by the data pipeline and passes through. The model casts to its compute dtype."""
+    if video.dtype != jnp.uint8:
+        return video
+    return (video.astype(jnp.float32) - _MEAN_255) * _INV_STD_255
+
+
 def _loss_and_grads(state: TrainState, params, batch_stats, batch, rng, label_smoothing):
     def loss_fn(p):
         k_drop, k_dp = jax.random.split(rng)
         logits, updates = state.apply_fn(
-            {"params": p, "batch_stats": batch_stats}, batch["video"], train=True,
+            {"params": p, "batch_stats": batch_stats}, normalize_video(batch["video"]), train=True,
             mutable=["batch_stats"], rngs={"dropout": k_drop, "drop_path": k_dp})
         logits = logits.astype(jnp.float32)
         targets = optax.smooth_labels(jax.nn.one_hot(batch["label"], logits.shape[-1]),
@@ -112,6 +129,7 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *,
 def eval_step(state: TrainState, video: jax.Array) -> jax.Array:
     """Class logits (float32) of a batch; multi-view input (b, V, T, H, W, 3)
     is classified view by view and the logits averaged over views."""
+    video = normalize_video(video)
     views = video.shape[1] if video.ndim == 6 else None
     if views:
         video = video.reshape((-1,) + video.shape[2:])
@@ -135,6 +153,20 @@ def compile_steps(mesh, state_shardings, *, learning_rate_fn, label_smoothing: f
     p_eval = jax.jit(eval_step, in_shardings=(state_shardings, batch_sh),
                      out_shardings=batch_sh)
     return p_train, p_eval
+
+
+def compile_epoch_step(state_shardings, *, learning_rate: float, momentum: float,
+                       nesterov: bool, weight_decay: float) -> Callable[[TrainState], TrainState]:
+    """jits `optim.official_epoch_step` on the train state (sharded, donated); the
+    state's step count, hence the lr schedule and RNG stream, is unchanged."""
+    def epoch_step(state: TrainState) -> TrainState:
+        params, opt_state = optim.official_epoch_step(
+            state.params, state.opt_state, learning_rate=learning_rate, momentum=momentum,
+            nesterov=nesterov, weight_decay=weight_decay)
+        return state.replace(params=params, opt_state=opt_state)
+
+    return jax.jit(epoch_step, in_shardings=(state_shardings,), out_shardings=state_shardings,
+                   donate_argnums=(0,))
 
 
 def create_train_state(model: nn.Module, tx: optax.GradientTransformation, rng: jax.Array,

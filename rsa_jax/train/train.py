@@ -34,19 +34,45 @@ def _input_shape(config) -> tuple[int, ...]:
     return (1, d.num_frames, d.image_size, d.image_size, 3)
 
 
+def _is_step_dir(path: str) -> bool:
+    return os.path.basename(path).isdigit() and os.path.isdir(os.path.join(path, "state"))
+
+
+def resolve_init_from(path: str) -> str:
+    """The orbax state folder that ``--config.init_from=path`` names.
+
+    Accepts a run's workdir (its best checkpoint by top-1, else the latest), its
+    ``checkpoints`` folder (same choice), one step folder (``checkpoints/<step>``),
+    that step's ``state`` folder, or a directory written by ``rsa_jax.convert``.
+    """
+    path = os.path.abspath(path)
+    if not os.path.isdir(path):
+        raise FileNotFoundError(f"--config.init_from={path}: no such directory")
+    if os.path.isdir(os.path.join(path, "checkpoints")):
+        path = os.path.join(path, "checkpoints")
+    if any(_is_step_dir(os.path.join(path, d)) for d in os.listdir(path)):
+        ckpt = Checkpointer(path, read_only=True)
+        step = ckpt.best_step() or ckpt.latest_step()
+        path = os.path.join(path, str(step))
+    if _is_step_dir(path):
+        path = os.path.join(path, "state")
+    return path
+
+
 def load_pretrained(config, state: step_lib.TrainState, shardings) -> step_lib.TrainState:
-    """Overwrites matching variables with ``config.init_from`` (an orbax dir from
-    ``rsa_jax.convert.official_to_orbax`` or a previous run) or
-    ``config.torchvision_init`` (an ImageNet ResNet-50 ``.pth``)."""
+    """Overwrites matching variables with ``config.init_from`` (see `resolve_init_from`:
+    a ``rsa_jax.convert`` directory or a previous run) or ``config.torchvision_init``
+    (an ImageNet ResNet-50 ``.pth``)."""
     if not (config.get("init_from") or config.get("torchvision_init")):
         return state
     from rsa_jax import convert  # needs torch only for torchvision files
     fresh = {"params": jax.device_get(state.params),
              "batch_stats": jax.device_get(state.batch_stats)}
     if config.get("init_from"):
-        path = os.path.abspath(config.init_from)
+        path = resolve_init_from(config.init_from)
         pretrained = ocp.StandardCheckpointer().restore(path)
         pretrained = {k: pretrained[k] for k in ("params", "batch_stats") if k in pretrained}
+        pretrained = _drop_other_classifier(pretrained, fresh, path)
         logging.info("Initialising from orbax checkpoint %s", path)
     else:
         pretrained = convert.torchvision_to_backbone(config.torchvision_init, config.model)
@@ -54,6 +80,30 @@ def load_pretrained(config, state: step_lib.TrainState, shardings) -> step_lib.T
     merged = convert.merge_pretrained(fresh, pretrained)
     return state.replace(params=jax.device_put(merged["params"], shardings.params),
                          batch_stats=jax.device_put(merged["batch_stats"], shardings.batch_stats))
+
+
+def _drop_other_classifier(pretrained: dict, fresh: dict, path: str) -> dict:
+    """Fine-tuning to another class count: keeps the fresh ``new_fc`` (logged).
+    Only a classifier whose shape differs is dropped; everything else loads strictly."""
+    fc, own = pretrained.get("params", {}).get("new_fc"), fresh["params"].get("new_fc")
+    if fc is None or own is None or fc["kernel"].shape == own["kernel"].shape:
+        return pretrained
+    logging.warning("init_from %s: classifier new_fc has %d classes, the model %d: "
+                    "keeping the freshly initialised classifier", path,
+                    fc["kernel"].shape[-1], own["kernel"].shape[-1])
+    return dict(pretrained, params={k: v for k, v in pretrained["params"].items()
+                                    if k != "new_fc"})
+
+
+def _write_class_names(config, workdir: str) -> None:
+    """``<workdir>/class_names.json`` for predict/analyze; the class count must fit."""
+    names = pipeline.class_names(config.data)
+    if len(names) != config.model.num_classes:
+        raise ValueError(f"dataset {config.data.name} has {len(names)} classes but "
+                         f"--config.model.num_classes is {config.model.num_classes}")
+    if parallel.is_main_process():
+        from rsa_jax.inference import write_class_names
+        write_class_names(workdir, names)
 
 
 def _prepare_data(config) -> None:
@@ -89,6 +139,42 @@ def _progress(step, num_steps, summary, clips_per_s, eta_s) -> str:
     return (f"step {step}/{num_steps}  loss {summary['loss']:.4f}  "
             f"acc {summary['accuracy']:.1f}%  lr {summary['learning_rate']:.3g}  "
             f"{clips_per_s:.1f} clips/s  ETA {eta_s / 60:.1f} min")
+
+
+def is_eval_step(step: int, num_steps: int, steps_per_epoch: int, config) -> bool:
+    """The official validation schedule (docs/training.md#evaluation): every
+    ``eval_every_epochs``, at every epoch end of the last ``eval_last_epochs``
+    epochs, and after the last step."""
+    eval_every = max(1, int(config.eval_every_epochs * steps_per_epoch))
+    last = config.get("eval_last_epochs", 0) * steps_per_epoch
+    return (step % eval_every == 0 or step == num_steps
+            or (step % steps_per_epoch == 0 and step > num_steps - last))
+
+
+def _check_precision(config) -> None:
+    if config.model.get("dtype") == "float16":
+        raise ValueError("--config.model.dtype=float16: training in float16 needs loss "
+                         "scaling, which this loop does not do; use bfloat16 (same speed, "
+                         "float32 range) or float32")
+
+
+def _run_eval(config, eval_fn, state, mesh, writer, step: int, best: dict, workdir: str,
+              write_scores: bool) -> dict[str, float]:
+    metrics, scores = eval_lib.evaluate(
+        eval_fn, state, config.data, mesh, split=config.eval_split, mode="eval",
+        global_batch_size=config.eval_batch_size, label_smoothing=config.label_smoothing)
+    if metrics["top1"] > best.get("top1", -1.0):     # strict, as the official is_best
+        best.update(top1=metrics["top1"], step=step)
+    writer.write_scalars(step, {f"eval/{k}": v for k, v in metrics.items()}
+                         | {"eval/best_top1": best["top1"]})
+    if parallel.is_main_process():
+        print(f"step {step}: {config.eval_split} top1 {metrics['top1']:.2f}% "
+              f"top5 {metrics['top5']:.2f}%  loss {metrics['loss_smoothed']:.4f} "
+              f"(best top1 {best['top1']:.2f}% at step {best['step']})", flush=True)
+    if write_scores:
+        eval_lib.write_scores(eval_lib.scores_path(workdir, config.eval_split), scores,
+                              num_frames=config.data.num_frames)
+    return metrics
 
 
 def _timing_text(timing: dict[str, float], rates: dict[str, float], clock) -> str:
@@ -150,6 +236,11 @@ def _stop_for_preemption(guard, ckpt, step, state, train_iter) -> None:
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
     """Trains (resuming from ``workdir`` if it holds a checkpoint) and evaluates.
 
+    Evaluates on the `is_eval_step` schedule and checkpoints at every evaluation
+    (with its metrics, so the best top-1 checkpoint is kept) and every
+    ``checkpoint_every_steps``. With ``official_epoch_step`` the official extra
+    zero-gradient optimiser step precedes every epoch after the first.
+
     Returns:
       the final validation metrics ({'top1', 'top5', ...}).
     Raises:
@@ -161,19 +252,25 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         config.json differs in a shape-relevant field.
     """
     check_resume_config(workdir, config)
+    _check_precision(config)
     _save_config(config, workdir)
     mesh = parallel.create_mesh(config.get("mesh_shape"))
     _prepare_data(config)
+    _write_class_names(config, workdir)
     n_train = pipeline.num_examples(config.data, config.train_split)
     steps_per_epoch = max(1, n_train // config.global_batch_size)
     num_steps = config.num_train_steps if config.num_train_steps > 0 else int(
         config.num_epochs * steps_per_epoch)
-    eval_every = max(1, int(config.eval_every_epochs * steps_per_epoch))
-    ckpt_every = config.checkpoint_every_steps or eval_every
+    ckpt_every = config.checkpoint_every_steps or max(
+        1, int(config.eval_every_epochs * steps_per_epoch))
 
     clock = progress.RunClock(workdir, jax.device_count(), write=parallel.is_main_process())
     profiler = progress.Profiler(config.get("profile_steps"), workdir)
     state, shardings, train_fn, eval_fn = setup(config, mesh, steps_per_epoch)
+    epoch_fn = step_lib.compile_epoch_step(
+        shardings, learning_rate=config.learning_rate, momentum=config.momentum,
+        nesterov=config.nesterov, weight_decay=config.weight_decay,
+    ) if config.get("official_epoch_step", False) else None
     train_iter = pipeline.create_iterator(
         config.data, split=config.train_split, mode="train",
         global_batch_size=config.global_batch_size, process_index=jax.process_index(),
@@ -186,11 +283,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     logging.info("%d train videos, %d steps/epoch, %d steps of %d clips", n_train,
                  steps_per_epoch, num_steps, config.global_batch_size)
 
-    acc, last, eval_metrics = None, None, {}
+    acc, last, eval_metrics, best = None, None, {}, {}
     t0, t_step, first_interval = time.time(), start, True
     timer = progress.StepTimer()
     with preemption.PreemptionGuard() as guard:
         for step in range(start + 1, num_steps + 1):
+            if epoch_fn is not None and step > 1 and (step - 1) % steps_per_epoch == 0:
+                state = epoch_fn(state)
             profiler.before_step(step)
             with timer.data():
                 batch = parallel.shard_batch(next(train_iter), mesh)
@@ -203,23 +302,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                 _log_train(config, writer, ckpt, clock, timer, acc, step, num_steps,
                            (time.time() - t0) / (step - t_step), first_interval)
                 acc, t0, t_step, first_interval = None, time.time(), step, False
-            if step % eval_every == 0 or is_last:
+            is_eval = is_eval_step(step, num_steps, steps_per_epoch, config)
+            if is_eval:
                 timer.drain()
-                eval_metrics, scores = eval_lib.evaluate(
-                    eval_fn, state, config.data, mesh, split=config.eval_split, mode="eval",
-                    global_batch_size=config.eval_batch_size)
-                writer.write_scalars(step, {f"eval/{k}": v for k, v in eval_metrics.items()})
-                if parallel.is_main_process():
-                    print(f"step {step}: {config.eval_split} top1 {eval_metrics['top1']:.2f}% "
-                          f"top5 {eval_metrics['top5']:.2f}%", flush=True)
-                if is_last:
-                    eval_lib.write_scores(eval_lib.scores_path(workdir, config.eval_split),
-                                          scores, num_frames=config.data.num_frames)
-            if step % ckpt_every == 0 or is_last:
+                eval_metrics = _run_eval(config, eval_fn, state, mesh, writer, step, best,
+                                         workdir, write_scores=is_last)
+            if is_eval or step % ckpt_every == 0:
                 timer.drain()
                 _check_finite(float(last.compute()["loss"]), step, ckpt)
-                ckpt.save(step, state, train_iter,
-                          metrics=eval_metrics if step % eval_every == 0 or is_last else None)
+                ckpt.save(step, state, train_iter, metrics=eval_metrics if is_eval else None)
             if not is_last and guard.should_stop(step):
                 profiler.close()
                 clock.save(step)
@@ -244,8 +335,9 @@ def _check_finite(loss: float, step: int, ckpt: Checkpointer) -> None:
 
 def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str, mode: str = "eval"
                         ) -> dict[str, float]:
-    """Evaluates the best (else latest) checkpoint in ``workdir``, or
-    ``config.init_from`` if the workdir has none, on ``config.eval_split``.
+    """Evaluates the best top-1 (else latest) checkpoint in ``workdir``, or
+    ``config.init_from`` if the workdir has none, on ``config.eval_split``; says
+    which one (and that ``init_from`` is ignored when both exist).
 
     ``mode='eval'``: 1 centre clip × 1 centre crop; ``'test'``: multi-view.
     Writes ``<workdir>/eval/<split>_scores.npz`` (test: ``<split>_test_scores.npz``).
@@ -255,24 +347,31 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str, mode: s
     state, shardings, _, eval_fn = setup(config, mesh, steps_per_epoch=1)
     ckpt_dir = os.path.join(workdir, "checkpoints")
     ckpt = Checkpointer(ckpt_dir, read_only=True) if os.path.isdir(ckpt_dir) else None
-    step = ckpt and (ckpt.best_step() or ckpt.latest_step())
+    best = ckpt.best_step() if ckpt else None
+    step = best or (ckpt.latest_step() if ckpt else None)
     if step:
         state, _ = ckpt.restore(step, abstract_like(state, shardings))
-        logging.info("Evaluating %s/%d", ckpt.directory, step)
+        source = f"{ckpt.directory}/{step} ({'best top1' if best else 'latest'})"
+        if config.get("init_from") and parallel.is_main_process():
+            print(f"evaluating {source}; --config.init_from={config.init_from} is ignored "
+                  "(it is used only when the workdir has no checkpoint)", flush=True)
     elif config.get("init_from"):
         state = load_pretrained(config, state, shardings)
+        source = resolve_init_from(config.init_from)
     else:
         raise FileNotFoundError(f"no checkpoint in {ckpt_dir} and no --config.init_from "
                                 "given: nothing to evaluate")
+    logging.info("Evaluating %s", source)
     batch = config.eval_batch_size if mode == "eval" else config.test_batch_size
     metrics, scores = eval_lib.evaluate(eval_fn, state, config.data, mesh,
                                         split=config.eval_split, mode=mode,
-                                        global_batch_size=batch)
+                                        global_batch_size=batch,
+                                        label_smoothing=config.label_smoothing)
     split_name = config.eval_split + ("_test" if mode == "test" else "")
     path = eval_lib.scores_path(workdir, split_name)
     views = 1 if mode == "eval" else config.data.test_num_clips * config.data.test_num_crops
     eval_lib.write_scores(path, scores, num_frames=config.data.num_frames, views=views)
     if parallel.is_main_process():
         print(json.dumps({"split": config.eval_split, "mode": mode, "views": views,
-                          **metrics, "scores": path}), flush=True)
+                          **metrics, "checkpoint": source, "scores": path}), flush=True)
     return metrics

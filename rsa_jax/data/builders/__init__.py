@@ -8,6 +8,7 @@
 | `diving48` | mp4 + V2 JSON | default (JPEG), video |
 | `fine_gym` | element clips (mp4) + txt lists | gym99, gym288 |
 | `video_list` | official `<dir> <n> <label>` list files | default |
+| `video_folder` | `<split>/<class name>/<video file>` | default (JPEG), video |
 """
 
 from rsa_jax.data.builders.base import (BadInputError, EmptySplitError,
@@ -17,3 +18,4 @@ from rsa_jax.data.builders.something_something import (SomethingSomethingV1,
                                                        SomethingSomethingV2)
 from rsa_jax.data.builders.synthetic_motion import SyntheticMotion
 from rsa_jax.data.builders.video_list import VideoList
+from rsa_jax.data.builders.video_folder import VideoFolder
