@@ -8,7 +8,6 @@ every problem listed.
 """
 
 import glob
-import json
 import logging
 import os
 import shutil
@@ -19,7 +18,7 @@ import numpy as np
 import pytest
 
 import configs.synthetic as synthetic
-from rsa_jax.train.checkpoint import CheckpointError, Checkpointer, check_resume_config
+from rsa_jax.train.checkpoint import Checkpointer, CheckpointError, check_resume_config
 
 
 def _state(step):

@@ -26,7 +26,6 @@ import threading
 from collections.abc import Iterator, Sequence
 
 import jax
-from absl import logging
 from jax.experimental import multihost_utils
 
 # 128 + SIGTERM: what a scheduler (SLURM, Kubernetes) reports for a terminated
