@@ -81,10 +81,16 @@ def tiny_config(data_dir, **kw) -> ml_collections.ConfigDict:
 
 
 def leaves(workdir, step):
+    """Every array of the saved train state, gathered onto one device (also for a
+    checkpoint written by two processes, whose device ids this process lacks)."""
     import orbax.checkpoint as ocp
-    restored = ocp.StandardCheckpointer().restore(
-        os.path.join(workdir, "checkpoints", str(step), "state"))
-    return [np.asarray(x) for x in jax.tree_util.tree_leaves(restored)]
+    path = os.path.join(workdir, "checkpoints", str(step), "state")
+    ckptr = ocp.StandardCheckpointer()
+    one = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    target = jax.tree_util.tree_map(
+        lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=one),
+        ckptr.metadata(path).item_metadata)
+    return [np.asarray(x) for x in jax.tree_util.tree_leaves(ckptr.restore(path, target))]
 
 
 def _signal_on_fetch(monkeypatch, n, signum=signal.SIGTERM):
