@@ -1,135 +1,54 @@
-"""PyTorch -> Flax conversion of RSA parameters and checkpoints.
+"""Official RSA/TSN checkpoints <-> Flax `ResNetTSN` variables.
 
-Layouts: PyTorch Conv3d weights are (O, I/groups, kT, kH, kW); ours are
-channels-last (kT, kH, kW, I/groups, O).  `P1` and `I` drop their leading 1
-and keep their index order ([j, d] and [c, e]): the official code broadcasts
-them as is, so transposing `I` would silently change the model.
+Key mapping, config inference from shapes, strict loading and the orbax output of
+``python -m rsa_jax.convert official`` (docs/converting.md,
+docs/method.md#checkpoint-format).
+
+Flax tree  <->  official state dict (after stripping `module.`):
+  params/conv1/kernel                  base_model.conv1.weight          (OIDHW -> DHWIO)
+  params/bn1/{scale,bias}              base_model.bn1.{weight,bias}
+  batch_stats/bn1/{mean,var}           base_model.bn1.running_{mean,var}
+  params/layer2_1/conv2/<RSA param>    base_model.layer2.1.conv2.<RSA name> (rsa_layer.py)
+  params/layer2_0/downsample_conv/...  base_model.layer2.0.downsample.0.weight
+  params/layer2_0/downsample_bn/...    base_model.layer2.0.downsample.1.*
+  params/new_fc/kernel (C, K)          new_fc.weight (K, C, 1);  new_fc/bias  new_fc.bias
+`num_batches_tracked` counters are accepted and dropped.  A model trained with
+dropout 0 has no `new_fc`: the official TSN then puts the same Conv1d classifier
+in place of the dropout, as `base_model.fc1` (ops/models.py `_prepare_tsn`).
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import re
-import sys
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 
-from rsa_jax.layers.rsa import resolve_dims
-
-
-def conv3d_weight_from_torch(w: np.ndarray) -> np.ndarray:
-    """(O, I, kT, kH, kW) -> (kT, kH, kW, I, O)."""
-    return np.ascontiguousarray(np.transpose(np.asarray(w), (2, 3, 4, 1, 0)))
-
-
-def conv3d_weight_to_torch(w: np.ndarray) -> np.ndarray:
-    """(kT, kH, kW, I, O) -> (O, I, kT, kH, kW)."""
-    return np.ascontiguousarray(np.transpose(np.asarray(w), (4, 3, 0, 1, 2)))
-
-
-def _rsa_expected_torch_shapes(d_in: int, layer_cfg: Mapping) -> dict[str, tuple]:
-    d = resolve_dims(layer_cfg["features"], layer_cfg.get("num_heads", 8),
-                     layer_cfg.get("key_dim"), layer_cfg.get("value_dim"),
-                     layer_cfg.get("latent_dim"), layer_cfg.get("kernel_size", (5, 7, 7)),
-                     layer_cfg.get("kernel_type", "VplusR"),
-                     layer_cfg.get("context_type", "VplusR"))
-    ks = tuple(int(k) for k in layer_cfg.get("kernel_size", (5, 7, 7)))
-    kt, ct = layer_cfg.get("kernel_type", "VplusR"), layer_cfg.get("context_type", "VplusR")
-    shapes = {"projection.weight": (d.d_hid, d_in, 1, 1, 1), "H2.weight": (d.dd, 1) + ks}
-    if kt == "VplusR":
-        shapes["P1"] = (1, d.dk, d.dd)
-    if kt != "V":
-        shapes["H1.weight"] = (d.dk * d.dd, 1) + ks
-    if ct != "V":
-        shapes["G.weight"] = (d.dv, 1) + ks
-    if ct == "VplusR":
-        shapes["I"] = (1, d.dk, d.dk)
-    return shapes
-
-
-def rsa_layer_params_from_torch(torch_params: Mapping[str, np.ndarray],
-                                layer_cfg: Mapping) -> dict[str, np.ndarray]:
-    """Official RSA parameters (PyTorch names and layouts) -> Flax `RSA` params.
-
-    Args:
-      torch_params: {'projection.weight', 'H1.weight', 'H2.weight', 'G.weight',
-        'P1', 'I'} as present for the layer's types; numpy arrays (or tensors).
-      layer_cfg: the `RSA` fields: features, num_heads, key_dim, value_dim,
-        latent_dim, kernel_size, kernel_type, context_type (missing = defaults).
-        The input width is read from `projection.weight`.
-
-    Raises:
-      KeyError / ValueError: listing missing, unexpected or mis-shaped entries.
-    """
-    arrays = {k: np.asarray(v) for k, v in torch_params.items()}
-    if "projection.weight" not in arrays:
-        raise KeyError(f"RSA parameters need 'projection.weight'; got {sorted(arrays)}")
-    d_in = arrays["projection.weight"].shape[1]
-    expected = _rsa_expected_torch_shapes(d_in, layer_cfg)
-    missing = sorted(set(expected) - set(arrays))
-    unexpected = sorted(set(arrays) - set(expected))
-    bad = sorted(f"{k}: got {arrays[k].shape}, expected {expected[k]}"
-                 for k in set(expected) & set(arrays) if arrays[k].shape != expected[k])
-    if missing or unexpected or bad:
-        raise ValueError(f"RSA parameters do not match the layer config {dict(layer_cfg)}: "
-                         f"missing={missing} unexpected={unexpected} mis-shaped={bad}")
-    out = {"projection": arrays["projection.weight"][:, :, 0, 0, 0].T.copy(),
-           "H2": conv3d_weight_from_torch(arrays["H2.weight"])}
-    if "H1.weight" in arrays:
-        out["H1"] = conv3d_weight_from_torch(arrays["H1.weight"])
-    if "G.weight" in arrays:
-        out["G"] = conv3d_weight_from_torch(arrays["G.weight"])
-    if "P1" in arrays:
-        out["P1"] = arrays["P1"][0].copy()
-    if "I" in arrays:
-        out["I"] = arrays["I"][0].copy()
-    return out
-
-
-def rsa_layer_params_to_torch(params: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Inverse of `rsa_layer_params_from_torch` (Flax params -> official names)."""
-    p = {k: np.asarray(v) for k, v in params.items()}
-    out = {"projection.weight": p["projection"].T[:, :, None, None, None].copy(),
-           "H2.weight": conv3d_weight_to_torch(p["H2"])}
-    if "H1" in p:
-        out["H1.weight"] = conv3d_weight_to_torch(p["H1"])
-    if "G" in p:
-        out["G.weight"] = conv3d_weight_to_torch(p["G"])
-    if "P1" in p:
-        out["P1"] = p["P1"][None].copy()
-    if "I" in p:
-        out["I"] = p["I"][None].copy()
-    return out
-
-
-# ---------------------------------------------------------------------------
-# Whole networks: official RSA checkpoints and torchvision ImageNet ResNets.
-# ---------------------------------------------------------------------------
-#
-# Flax tree  <->  official state dict (after stripping `module.`):
-#   params/conv1/kernel                  base_model.conv1.weight          (OIDHW -> DHWIO)
-#   params/bn1/{scale,bias}              base_model.bn1.{weight,bias}
-#   batch_stats/bn1/{mean,var}           base_model.bn1.running_{mean,var}
-#   params/layer2_1/conv2/<RSA param>    base_model.layer2.1.conv2.<RSA name> (see above)
-#   params/layer2_0/downsample_conv/...  base_model.layer2.0.downsample.0.weight
-#   params/layer2_0/downsample_bn/...    base_model.layer2.0.downsample.1.*
-#   params/new_fc/kernel (C, K)          new_fc.weight (K, C, 1);  new_fc/bias  new_fc.bias
-# `num_batches_tracked` counters are accepted and dropped.
+from rsa_jax.convert.rsa_layer import (
+    _rsa_expected_torch_shapes,
+    conv3d_weight_from_torch,
+    conv3d_weight_to_torch,
+    rsa_layer_params_from_torch,
+    rsa_layer_params_to_torch,
+)
+from rsa_jax.convert.torch_io import CheckpointError, read_state_dict
+from rsa_jax.models import STAGE_BLOCKS, build_model, default_model_config
 
 _BN_LEAF = {"scale": "weight", "bias": "bias", "mean": "running_mean", "var": "running_var"}
 _RSA_LEAF = {"projection": "projection.weight", "H1": "H1.weight", "H2": "H2.weight",
              "G": "G.weight", "P1": "P1", "I": "I"}
-# Older module names of the logged runs (rsa-method.md §2.7): RelationInvolution's
+# Older module names of the logged runs (docs/method.md#parameter-names): RelationInvolution's
 # E_conv/E_feat/E_feat_2 are the released H1/H2/G (H2/G by registration order).
 LEGACY_RSA_NAMES = {"E_conv": "H1", "E_feat": "H2", "E_feat_2": "G"}
 _OPTIONAL_SUFFIX = ".num_batches_tracked"
+# The classifier of a dropout-0 official model (TSN._prepare_tsn, dropout == 0).
+_FC1_AS_NEW_FC = {"base_model.fc1.weight": "new_fc.weight", "base_model.fc1.bias": "new_fc.bias"}
 
-
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be read or does not match the model (strict)."""
 
 
 def _flatten(tree: Mapping, prefix: tuple = ()) -> dict[tuple, Any]:
@@ -175,8 +94,6 @@ def _torch_key(collection: str, path: tuple) -> str:
 
 
 def _abstract_variables(model) -> dict:
-    import jax
-    import jax.numpy as jnp
     x = jnp.zeros((1, 1, 32, 32, 3), jnp.float32)
     return jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), x, train=False))
 
@@ -235,12 +152,18 @@ def _check_keys(found: Mapping[str, tuple], expected: Mapping[str, tuple], what:
 
 
 def normalize_official_keys(state_dict: Mapping[str, Any]) -> dict[str, np.ndarray]:
-    """Strips `module.`, renames legacy RSA modules, drops `num_batches_tracked`."""
+    """Strips `module.`, renames legacy RSA modules and a dropout-0 model's classifier
+    `base_model.fc1.*` to `new_fc.*`, drops `num_batches_tracked`.
+
+    Raises:
+      CheckpointError: two keys that name the same entry after renaming.
+    """
     out = {}
     for key, v in state_dict.items():
         k = key[len("module."):] if key.startswith("module.") else key
         if k.endswith(_OPTIONAL_SUFFIX):
             continue
+        k = _FC1_AS_NEW_FC.get(k, k)
         parts = k.split(".")
         parts = [LEGACY_RSA_NAMES.get(p, p) if i == len(parts) - 2 else p
                  for i, p in enumerate(parts)]
@@ -283,62 +206,6 @@ def state_dict_to_variables(state_dict: Mapping[str, Any], model) -> dict:
                 torch_p, _rsa_layer_cfg(model, planes[block])).items():
             out["params"][(block, "conv2", name)] = np.asarray(v, np.float32)
     return {col: _unflatten(flat) for col, flat in out.items()}
-
-
-# --- Reading files ---------------------------------------------------------
-
-def read_state_dict(path: str, trust_pickle: bool = False) -> tuple[dict, dict]:
-    """Reads a `.pth` / `.pth.tar` (torch.save) or `.npz` file.
-
-    Returns:
-      (state_dict of numpy arrays, metadata: the checkpoint's other top-level
-      entries such as epoch / arch / best_prec1).
-
-    Raises:
-      FileNotFoundError; CheckpointError for truncated or non-checkpoint files;
-      ImportError when a torch file is given and PyTorch is not installed.
-    """
-    path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"checkpoint file not found: {path}")
-    if path.endswith(".npz"):
-        try:
-            with np.load(path, allow_pickle=False) as z:
-                return {k: z[k] for k in z.files}, {}
-        except Exception as e:  # zipfile.BadZipFile, ValueError, EOFError ...
-            raise CheckpointError(f"{path}: not a readable .npz state dict "
-                                  f"(truncated or corrupt?): {e}") from e
-    try:
-        import torch  # optional dependency, only for reading PyTorch files
-    except ImportError as e:
-        raise ImportError(f"reading {path} needs PyTorch (an optional dependency of the "
-                          "converter): pip install torch, or save the state dict as .npz"
-                          ) from e
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=not trust_pickle)
-    except Exception as e:
-        hint = ("" if trust_pickle or "weights_only" not in str(e) else
-                " If the file is from a trusted source and stores non-tensor Python "
-                "objects, retry with trust_pickle=True (--trust_pickle).")
-        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint (truncated, "
-                              f"corrupt or not written by torch.save): "
-                              f"{type(e).__name__}: {str(e)[:300]}{hint}") from e
-    if isinstance(obj, Mapping) and "state_dict" in obj:
-        sd, meta = obj["state_dict"], {k: v for k, v in obj.items() if k != "state_dict"}
-    elif isinstance(obj, Mapping):
-        sd, meta = obj, {}
-    else:
-        raise CheckpointError(f"{path}: expected a dict (a state_dict, or a checkpoint "
-                              f"with a 'state_dict' entry), got {type(obj).__name__}")
-    if not isinstance(sd, Mapping) or not sd:
-        raise CheckpointError(f"{path}: 'state_dict' is empty or not a dict")
-    bad = sorted(k for k, v in sd.items() if not isinstance(v, torch.Tensor))
-    if bad:
-        raise CheckpointError(f"{path}: state_dict entries that are not tensors: {bad[:20]}")
-    arrays = {str(k): v.detach().cpu().numpy() for k, v in sd.items()}
-    meta = {k: (v.item() if isinstance(v, torch.Tensor) and v.numel() == 1 else v)
-            for k, v in meta.items()}
-    return arrays, meta
 
 
 # --- Official RSA checkpoints ----------------------------------------------
@@ -386,14 +253,18 @@ def infer_model_config(state_dict: Mapping[str, Any]) -> dict:
 
     Depth, width, class count, backbone, RSA positions, kernel size, kernel and
     context types and head sizes are inferred; dropout and stochastic depth
-    (training-only) take the paper's values.
+    (training-only) take the paper's values, except that a `base_model.fc1`
+    classifier means dropout 0.
+
+    Raises:
+      CheckpointError: keys or shapes that no supported model has.
     """
-    from rsa_jax.models import STAGE_BLOCKS, default_model_config
     sd = normalize_official_keys(state_dict)
     if "base_model.conv1.weight" not in sd or "new_fc.weight" not in sd:
         raise CheckpointError(
             "not an official RSA/TSN state dict: expected keys 'module.base_model.conv1.weight' "
-            f"and 'module.new_fc.weight'; first keys found: {list(state_dict)[:8]}")
+            "and 'module.new_fc.weight' (or 'module.base_model.fc1.weight' for dropout 0); "
+            f"first keys found: {list(state_dict)[:8]}")
     counts = [0, 0, 0, 0]
     for k in sd:
         m = re.match(r"base_model\.layer([1-4])\.(\d+)\.", k)
@@ -408,6 +279,8 @@ def infer_model_config(state_dict: Mapping[str, Any]) -> dict:
     cfg = default_model_config()
     cfg.update(depth=depth[0], width=int(sd["base_model.conv1.weight"].shape[0]),
                num_classes=int(sd["new_fc.weight"].shape[0]))
+    if any(k.removeprefix("module.") in _FC1_AS_NEW_FC for k in state_dict):
+        cfg["dropout"] = 0.0  # an fc1 classifier means the model was built with dropout 0
     rsa_blocks, positions = [], [[], [], [], []]
     for s in range(4):
         for b in range(counts[s]):
@@ -447,20 +320,17 @@ def load_official_checkpoint(path: str, num_segments: int | None = None,
     Raises:
       CheckpointError: unreadable file, or a strict key/shape mismatch.
     """
-    import jax.numpy as jnp
-    from rsa_jax.models import build_model
     sd, _ = read_state_dict(path, trust_pickle=trust_pickle)
     cfg = infer_model_config(sd)
     cfg.update(overrides)
     model = build_model(cfg)
     variables = state_dict_to_variables(sd, model)
-    import jax
     return model, jax.tree_util.tree_map(jnp.asarray, variables)
 
 
 def _save_orbax(out_dir: str, variables: Mapping, model_cfg: Mapping, info: Mapping,
                 overwrite: bool) -> str:
-    import orbax.checkpoint as ocp
+    import orbax.checkpoint as ocp  # only the writers need it
     out_dir = os.path.abspath(os.fspath(out_dir))
     if os.path.exists(out_dir) and not overwrite:
         raise FileExistsError(f"{out_dir} exists; pass overwrite=True (--overwrite)")
@@ -486,7 +356,6 @@ def official_to_orbax(pth_path: str, out_dir: str, num_segments: int | None = No
     epoch / arch / best_prec1 of the checkpoint, num_segments).
     """
     sd, meta = read_state_dict(pth_path, trust_pickle=trust_pickle)
-    from rsa_jax.models import build_model
     cfg = infer_model_config(sd)
     variables = state_dict_to_variables(sd, build_model(cfg))
     info = dict(source=os.path.abspath(pth_path), kind="official",
@@ -494,148 +363,3 @@ def official_to_orbax(pth_path: str, out_dir: str, num_segments: int | None = No
                 **{k: v for k, v in meta.items() if isinstance(v, (int, float, str))})
     _save_orbax(out_dir, variables, cfg, info, overwrite)
     return cfg
-
-
-# --- torchvision ImageNet ResNets --------------------------------------------
-
-def torchvision_to_backbone(state_dict_or_path: Any, model_cfg: Any,
-                            trust_pickle: bool = False) -> dict:
-    """torchvision ImageNet ResNet state dict -> inflated backbone variables.
-
-    As the official code (rsa-method.md §3.4): 2-D kernels get a unit temporal
-    axis ((O,I,kh,kw) -> (O,I,1,kh,kw)); for 'tsn3d' middle convs with kT > 1
-    the kernel is repeated over time and divided by kT (I3D inflation, not in
-    the official code).  ``fc.*`` is skipped, and so is **every** entry of the
-    blocks that carry RSA (their conv1/bn1/bn2/conv3/bn3 keep the fresh MSRA
-    init with bn3 γ = 0).  Returns a partial ``{'params', 'batch_stats'}`` tree;
-    combine with `merge_pretrained(fresh_variables, this)`.
-
-    Raises:
-      CheckpointError: listing missing, unexpected or mis-shaped keys.
-    """
-    from rsa_jax.models import build_model
-    model = build_model(model_cfg)
-    if isinstance(state_dict_or_path, (str, os.PathLike)):
-        sd, _ = read_state_dict(state_dict_or_path, trust_pickle=trust_pickle)
-    else:
-        sd = {k: np.asarray(v) for k, v in state_dict_or_path.items()}
-    sd = {k: v for k, v in sd.items() if not k.endswith(_OPTIONAL_SUFFIX)}
-    # What torchvision's file holds for this depth: the plain model's keys, 2-D.
-    plain = build_model(dict(_cfg_dict(model_cfg), backbone="tsn2d"))
-    expected = {}
-    for key, shape in _expected_shapes(plain).items():
-        if key.startswith("base_model."):
-            expected[key[len("base_model."):]] = shape[:2] + shape[3:] if len(shape) == 5 \
-                else shape
-    fc = {k: v.shape for k, v in sd.items() if k in ("fc.weight", "fc.bias")}
-    _check_keys({k: v.shape for k, v in sd.items() if k not in fc}, expected,
-                "torchvision state dict")
-    rsa_blocks = {s["name"] for s in model.block_specs() if s["rsa"]}
-    abstract = _abstract_variables(model)
-    out = {}
-    for col in ("params", "batch_stats"):
-        flat = {}
-        for path, leaf in _flatten(abstract[col]).items():
-            if path[0] == "new_fc" or path[0] in rsa_blocks:
-                continue
-            v = sd[_torch_key(col, path)[len("base_model."):]]
-            if path[-1] == "kernel":
-                kt = leaf.shape[0]
-                v = np.repeat(v[:, :, None], kt, axis=2) / kt
-                v = conv3d_weight_from_torch(v)
-            flat[path] = np.ascontiguousarray(v, dtype=np.float32)
-        out[col] = _unflatten(flat)
-    return out
-
-
-def backbone_to_torchvision(variables: Mapping, model_cfg: Any) -> dict[str, np.ndarray]:
-    """Inverse of `torchvision_to_backbone` for the non-RSA blocks (kT = 1 kernels)."""
-    from rsa_jax.models import build_model
-    model = build_model(model_cfg)
-    rsa_blocks = {_module_to_torch(s["name"]) for s in model.block_specs() if s["rsa"]}
-    sd = variables_to_state_dict({c: variables[c] for c in ("params", "batch_stats")}, model)
-    out = {}
-    for k, v in sd.items():
-        if not k.startswith("base_model.") or ".".join(k.split(".")[1:3]) in rsa_blocks:
-            continue
-        out[k[len("base_model."):]] = v.sum(axis=2) if v.ndim == 5 else v
-    return out
-
-
-def merge_pretrained(fresh_variables: Mapping, pretrained_variables: Mapping) -> dict:
-    """``fresh`` with every leaf present in ``pretrained`` overwritten.
-
-    Raises:
-      CheckpointError: a pretrained leaf that ``fresh`` lacks, or a shape mismatch.
-    """
-    import jax.numpy as jnp
-    fresh = _flatten(fresh_variables)
-    pre = _flatten(pretrained_variables)
-    unknown = sorted("/".join(p) for p in pre if p not in fresh)
-    bad = sorted(f"{'/'.join(p)}: {np.shape(v)} vs fresh {np.shape(fresh[p])}"
-                 for p, v in pre.items() if p in fresh and np.shape(v) != np.shape(fresh[p]))
-    if unknown or bad:
-        raise CheckpointError(f"pretrained variables do not fit the model: "
-                              f"unknown={unknown} mis-shaped={bad}")
-    merged = dict(fresh)
-    for p, v in pre.items():
-        merged[p] = jnp.asarray(v, dtype=getattr(fresh[p], "dtype", None))
-    return _unflatten(merged)
-
-
-def _cfg_dict(model_cfg: Any) -> dict:
-    from rsa_jax.models import _to_plain
-    return dict(_to_plain(model_cfg))
-
-
-# --- CLI -------------------------------------------------------------------
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m rsa_jax.convert",
-        description="Convert PyTorch checkpoints to orbax checkpoints for rsa_jax.")
-    sub = parser.add_subparsers(dest="kind", required=True)
-    p = sub.add_parser("official", help="official RSA .pth.tar -> orbax (params, batch_stats)")
-    p.add_argument("input")
-    p.add_argument("out_dir")
-    p.add_argument("--num_segments", type=int, default=None)
-    p.add_argument("--overwrite", action="store_true")
-    p.add_argument("--trust_pickle", action="store_true",
-                   help="allow arbitrary pickled objects (torch.load weights_only=False)")
-    p = sub.add_parser("torchvision",
-                       help="torchvision ImageNet ResNet .pth -> inflated backbone (orbax)")
-    p.add_argument("input")
-    p.add_argument("out_dir")
-    p.add_argument("--model_config", default=None,
-                   help="JSON model config (default: the paper's RSA-R50)")
-    p.add_argument("--depth", type=int, default=None)
-    p.add_argument("--backbone", default=None, choices=("rsa", "tsn2d", "tsn3d"))
-    p.add_argument("--overwrite", action="store_true")
-    p.add_argument("--trust_pickle", action="store_true")
-    args = parser.parse_args(argv)
-    try:
-        if args.kind == "official":
-            cfg = official_to_orbax(args.input, args.out_dir, num_segments=args.num_segments,
-                                    overwrite=args.overwrite, trust_pickle=args.trust_pickle)
-        else:
-            from rsa_jax.models import default_model_config
-            cfg = default_model_config()
-            if args.model_config:
-                cfg.update(json.loads(args.model_config))
-            for k in ("depth", "backbone"):
-                if getattr(args, k) is not None:
-                    cfg[k] = getattr(args, k)
-            variables = torchvision_to_backbone(args.input, cfg,
-                                                trust_pickle=args.trust_pickle)
-            _save_orbax(args.out_dir, variables, cfg,
-                        dict(source=os.path.abspath(args.input), kind="torchvision"),
-                        args.overwrite)
-    except (CheckpointError, FileNotFoundError, FileExistsError, ImportError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    print(json.dumps({"out_dir": os.path.abspath(args.out_dir), "model_config": cfg}))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
