@@ -13,7 +13,7 @@ import pytest
 
 from rsa_jax.convert import rsa_layer_params_from_torch, rsa_layer_params_to_torch
 from rsa_jax.layers import RSA, conv_forms
-from rsa_jax.layers.rsa import resolve_dims
+from rsa_jax.layers.rsa import l2_normalize, resolve_dims
 from tests.rsa_fixtures import FIXTURE_DIR, LAYER_FIXTURES, load_layer_fixture, rel_err
 
 IMPLS = ("conv", "patches")
@@ -216,3 +216,21 @@ def test_wide_layer_im2col_path_matches_native_conv():
     np.testing.assert_allclose(outs[0][0], outs[1][0], rtol=1e-5)
     for a, b in zip(jax.tree.leaves(outs[0][1]), jax.tree.leaves(outs[1][1])):
         assert rel_err(a, b) < 1e-5
+
+
+def test_l2_normalize_accumulates_in_float32():
+    """bfloat16/float16 inputs: the sum of squares runs in float32, the result is cast back."""
+    x32 = jax.random.normal(jax.random.key(0), (3, 640)) * 300.0
+    ref = np.asarray(x32) / np.sqrt(np.sum(np.asarray(x32, np.float64) ** 2, -1,
+                                           keepdims=True) + 1e-6)
+    for dtype, tol in ((jnp.bfloat16, 1e-2), (jnp.float16, 2e-3)):
+        x = x32.astype(dtype)
+        y = l2_normalize(x)
+        assert y.dtype == dtype
+        # float16 squares of values ~300 overflow (max 65504): a float16 sum gives inf -> 0.
+        assert rel_err(y.astype(jnp.float32), ref) < tol, dtype
+        reduce = [e for e in jax.make_jaxpr(l2_normalize)(x).eqns
+                  if e.primitive.name == "reduce_sum"]
+        assert [e.invars[0].aval.dtype for e in reduce] == [jnp.float32], dtype
+    np.testing.assert_array_equal(l2_normalize(x32), x32 * jax.lax.rsqrt(
+        jnp.sum(x32 * x32, -1, keepdims=True) + 1e-6))  # float32: unchanged arithmetic
