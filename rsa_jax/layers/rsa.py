@@ -158,14 +158,10 @@ class RSA(nn.Module):
       kernel_type: 'V' (basic), 'R' (relational) or 'VplusR'.
       context_type: 'V' (basic), 'R' (relational) or 'VplusR'.
       implementation: 'conv' (factorised) or 'patches' (explicit windows).
-      conv_strategy: how 'conv' evaluates its 3-D convolutions: 'native'
-        (lax 3-D convolution), 'taps2d' (temporal taps folded into channels of a
-        2-D convolution, the grouped H1 as one such convolution per group, or an
-        im2col matmul above 32 groups; XLA:CPU's 3-D and grouped convolutions
-        are an order of magnitude slower; no other forms, so a traced graph has
-        the official layer's multiply-adds), or 'auto' = native on GPU/TPU and
-        on CPU taps2d where the shared H2/G convolution becomes a banded-matrix
-        matmul on small frames (`conv_forms.select_forms`).
+      conv_strategy: how 'conv' runs its convolutions: 'native' (lax 3-D
+        convolutions), 'taps2d' (2-D convolutions over the temporal taps only, so a
+        traced graph has the official layer's multiply-adds) or 'auto' (native on
+        GPU/TPU; on CPU, banded matmuls on small frames); see `conv_forms.select_forms`.
       dtype: compute dtype (None = input dtype); param_dtype: parameter dtype.
       precision: matmul/conv precision (use 'highest' for fixture parity on TPU/GPU).
     """
@@ -194,6 +190,7 @@ class RSA(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
+        """(B, T, H, W, C_in) -> (B, T, H', W', nh·dv), channel e·nh + h."""
         if x.ndim != 5:
             raise ValueError(f"RSA expects (B, T, H, W, C) input, got shape {x.shape}")
         if self.implementation not in ("conv", "patches"):
@@ -201,39 +198,47 @@ class RSA(nn.Module):
                              f"got {self.implementation!r}")
         d = self.dims
         ks = tuple(int(k) for k in self.kernel_size)
-        m = int(np.prod(ks))
         dtype = self.dtype or x.dtype
-        kt = self.kernel_type
-        ct = self.context_type
-
-        # Parameters, in the official registration order.
-        p1 = (self.param("P1", nn.initializers.normal(stddev=(m * d.dd) ** -0.5),
-                         (d.dk, d.dd), self.param_dtype) if kt == "VplusR" else None)
-        lam = (self.param("I", lambda _, s, t: jnp.eye(s[0], dtype=t), (d.dk, d.dk),
-                          self.param_dtype) if ct == "VplusR" else None)
-        w_proj = self.param("projection", _fan_out_normal(), (x.shape[-1], d.d_hid),
-                            self.param_dtype)
-        h1 = (self.param("H1", _fan_out_normal(), ks + (1, d.dk * d.dd), self.param_dtype)
-              if kt != "V" else None)
-        h2 = self.param("H2", _fan_out_normal(), ks + (1, d.dd), self.param_dtype)
-        g = (self.param("G", _fan_out_normal(), ks + (1, d.dv), self.param_dtype)
-             if ct != "V" else None)
-        x, w_proj, p1, lam, h1, h2, g = (
-            None if a is None else jnp.asarray(a, dtype)
-            for a in (x, w_proj, p1, lam, h1, h2, g))
-
-        # Projection and split: queries [0, nh·dk), key (not for 'V'), value (last dv).
-        z = jnp.einsum("bthwc,cd->bthwd", x, w_proj, precision=self.precision)
-        q = l2_normalize(z[..., :d.nh * d.dk].reshape(z.shape[:-1] + (d.nh, d.dk)))
-        k = l2_normalize(z[..., d.nh * d.dk:d.nh * d.dk + d.dk]) if kt != "V" else None
-        v = l2_normalize(z[..., d.d_hid - d.dv:])
-
+        p = self._params(x.shape[-1], d, ks, dtype)
+        q, k, v = self._project(jnp.asarray(x, dtype), p["projection"], d)
         fn = self._conv_form if self.implementation == "conv" else self._patch_form
-        y = fn(q, k, v, p1, lam, h1, h2, g, d, ks)  # (B, T, H, W, dv, nh)
+        y = fn(q, k, v, p["P1"], p["I"], p["H1"], p["H2"], p["G"], d, ks)  # (..., dv, nh)
         y = y.reshape(y.shape[:-2] + (d.dv * d.nh,))  # channel e·nh + h
         if max(self.strides) > 1:
             y = avg_pool_stride2(y)
         return y
+
+    def _params(self, c_in: int, d: RSADims, ks: tuple[int, ...], dtype) -> dict:
+        """Parameters in the official registration order, cast to `dtype`: P1 = P, I = Λ,
+        projection = W, H1 = B, H2 = A, G = Γ (None where the types have no such term)."""
+        kt, ct, pd = self.kernel_type, self.context_type, self.param_dtype
+        m = int(np.prod(ks))
+        p = {
+            "P1": (self.param("P1", nn.initializers.normal(stddev=(m * d.dd) ** -0.5),
+                              (d.dk, d.dd), pd) if kt == "VplusR" else None),
+            "I": (self.param("I", lambda _, s, t: jnp.eye(s[0], dtype=t), (d.dk, d.dk), pd)
+                  if ct == "VplusR" else None),
+            "projection": self.param("projection", _fan_out_normal(), (c_in, d.d_hid), pd),
+            "H1": (self.param("H1", _fan_out_normal(), ks + (1, d.dk * d.dd), pd)
+                   if kt != "V" else None),
+            "H2": self.param("H2", _fan_out_normal(), ks + (1, d.dd), pd),
+            "G": (self.param("G", _fan_out_normal(), ks + (1, d.dv), pd)
+                  if ct != "V" else None),
+        }
+        return {n: None if a is None else jnp.asarray(a, dtype) for n, a in p.items()}
+
+    def _project(self, x: jax.Array, w_proj: jax.Array, d: RSADims):
+        """W x, split and L2-normalised: q̂ (..., nh, dk), k̂ (..., dk) or None, v̂ (..., dv).
+
+        Channel order of the projection: queries [0, nh·dk) (query h, component j at
+        h·dk + j), then the key (not for kernel 'V'), then the value (last dv).
+        """
+        z = jnp.einsum("bthwc,cd->bthwd", x, w_proj, precision=self.precision)
+        q = l2_normalize(z[..., :d.nh * d.dk].reshape(z.shape[:-1] + (d.nh, d.dk)))
+        k = (l2_normalize(z[..., d.nh * d.dk:d.nh * d.dk + d.dk])
+             if self.kernel_type != "V" else None)
+        v = l2_normalize(z[..., d.d_hid - d.dv:])
+        return q, k, v
 
     def _conv_form(self, q, k, v, p1, lam, h1, h2, g, d, ks):
         """Factorised evaluation (docs/method.md#output-layout): convs + latent contractions.
