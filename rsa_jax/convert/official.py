@@ -50,7 +50,6 @@ _OPTIONAL_SUFFIX = ".num_batches_tracked"
 _FC1_AS_NEW_FC = {"base_model.fc1.weight": "new_fc.weight", "base_model.fc1.bias": "new_fc.bias"}
 
 
-
 def _flatten(tree: Mapping, prefix: tuple = ()) -> dict[tuple, Any]:
     out = {}
     for k, v in tree.items():
@@ -208,7 +207,7 @@ def state_dict_to_variables(state_dict: Mapping[str, Any], model) -> dict:
     return {col: _unflatten(flat) for col, flat in out.items()}
 
 
-# --- Official RSA checkpoints ----------------------------------------------
+# --- Config inference, loading and orbax output ----------------------------
 
 def _solve_rsa_heads(sd: Mapping[str, np.ndarray], rsa_blocks: list[str],
                      planes: Mapping[str, int], base: dict) -> dict:
