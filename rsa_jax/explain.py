@@ -6,7 +6,7 @@
   window drawn on each), then one row per head with the basic (P), relational
   (R) and total kernel as 3-D scatters over the window's (t, h, w) offsets,
   diverging colours (red > 0, white 0, blue < 0) on one shared colour bar.
-  The values are the layer's own (``RSA.sow_kernels``, docs/method.md#kernels).
+  The values are the layer's own (``the RSA layer's 'rsa_kernels' collection``, docs/method.md#kernels).
 - ``<input>_evidence.png``: the sampled frames and, below, the per-frame
   logits of the clip's top classes (TSN averages these over frames).
 """
@@ -44,7 +44,7 @@ def layer_kernels(loaded: inference.LoadedModel, video: np.ndarray, layer: str |
     """
     import jax
 
-    from rsa_jax.layers.rsa import RSA
+    from rsa_jax.layers.kernels import window_kernels
 
     def fwd(variables, x):
         (logits, feats), state = loaded.model.apply(
@@ -72,7 +72,7 @@ def layer_kernels(loaded: inference.LoadedModel, video: np.ndarray, layer: str |
     if len(at) != 3 or any(not 0 <= a < g for a, g in zip(at, grid)):
         raise ValueError(f"--explain_at {at} outside the layer grid {grid} (t, y, x)")
     h2 = np.asarray(loaded.variables["params"][layer]["conv2"]["H2"])
-    kern = {k: np.asarray(RSA.window_kernels(v[at], h2))
+    kern = {k: np.asarray(window_kernels(v[at], h2))
             for k, v in (("basic", basic), ("relational", rel), ("total", basic + rel))}
     return dict(layer=layer, at=at, grid=grid, **kern,
                 frame_logits=np.asarray(frame_logits[0]), logits=np.asarray(logits[0]))

@@ -14,6 +14,7 @@ import predict_helpers as ph
 import pytest
 
 from rsa_jax import explain, inference, predict
+from rsa_jax.layers.kernels import window_kernels
 from rsa_jax.layers.rsa import RSA, extract_windows, l2_normalize
 
 # --- RSA kernels (fast, layer level) --------------------------------------------
@@ -36,7 +37,7 @@ def test_sown_kernels_reproduce_the_layer_output(implementation, zero):
     sown = state["rsa_kernels"]
     basic, rel = sown["kernel_basic"][0], sown["kernel_relational"][0]
     h2 = variables["params"]["H2"]
-    kappa = RSA.window_kernels(basic + rel, h2)                 # (B,T,H,W,nh,kT,kH,kW)
+    kappa = window_kernels(basic + rel, h2)                 # (B,T,H,W,nh,kT,kH,kW)
     kappa = kappa.reshape(kappa.shape[:5] + (-1,))
     dv = layer.dims.dv
     v = l2_normalize(x @ variables["params"]["projection"][:, -dv:])
