@@ -143,6 +143,8 @@ def _check_target(target: Path, anchor: str | None, shown: str) -> str | None:
         pattern = str(target.relative_to(REPO))
         if "{" in pattern:  # brace lists: check every alternative
             head, alts, tail = re.match(r"(.*?)\{([^}]*)\}(.*)", pattern).groups()
+            if "," not in alts:  # an f-string / template field such as launch/{script}
+                return None
             misses = [a for a in alts.split(",")
                       if _check_target(REPO / f"{head}{a}{tail}", None, shown)]
             return f"{shown}: no match for {misses}" if misses else None

@@ -25,7 +25,7 @@ def abstract_params(cfg, x_shape=(1, 2, 32, 32, 3)):
 def test_rsa_r50_has_the_official_parameter_count():
     v = abstract_params({"num_classes": 174})
     assert count_params(v["params"]) == 22_034_302
-    # rsa-method.md Appendix A: backbone 21,677,776 and new_fc 356,526.
+    # docs/method.md#network: backbone 21,677,776 and new_fc 356,526.
     assert count_params(v["params"]["new_fc"]) == 356_526
     rsa = sum(count_params(v["params"][b]["conv2"]) for b in
               ("layer1_2", "layer2_1", "layer2_3", "layer3_1", "layer3_3", "layer3_5",
@@ -195,7 +195,7 @@ def test_model_stats_tiny():
 
 
 def test_fvcore_style_macs_match_the_paper_log():
-    # rsa-method.md Appendix A: 71,774,240,768 MACs at 16 × 224² (fvcore, 174 classes).
+    # docs/method.md#complexity: 71,774,240,768 MACs at 16 × 224² (fvcore, 174 classes).
     from rsa_jax.models import _jaxpr_macs
     # Convolutions only (no banded-matrix forms, whose zeros would count).
     m = build_model({"num_classes": 174, "rsa": {"conv_strategy": "taps2d"}})
