@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import flax
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -142,7 +143,7 @@ def test_train_mode_updates_batch_stats_and_is_random(tiny, train_apply):
     mean0 = v["batch_stats"]["layer1_0"]["bn1"]["mean"]
     mean1 = state["batch_stats"]["layer1_0"]["bn1"]["mean"]
     assert not np.allclose(mean0, mean1)  # momentum 0.9 running average moved
-    with pytest.raises(Exception):  # stochastic depth needs its rng
+    with pytest.raises(flax.errors.InvalidRngError):  # stochastic depth needs its rng
         model.apply(v, X, train=True, mutable=["batch_stats"], rngs={"dropout": k(0)})
 
 

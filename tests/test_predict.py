@@ -79,7 +79,7 @@ def _run(argv, capsys, stdin=None, monkeypatch=None):
         monkeypatch.setattr(sys, "stdin", io.StringIO(stdin))
     rc = predict.main(argv)
     out = capsys.readouterr()
-    return rc, out.out.splitlines(), [l for l in out.err.splitlines() if l.startswith("error")]
+    return rc, out.out.splitlines(), [ln for ln in out.err.splitlines() if ln.startswith("error")]
 
 
 @pytest.mark.slow
@@ -142,7 +142,7 @@ def test_bad_inputs_windows_and_stdin(workdir, tmp_path, capsys, monkeypatch):
     assert len(err) == len(bad)
     for line, path in zip(err, bad):
         assert line.startswith(f"error: {path}: ") and len(line) > len(path) + 9
-    results = [json.loads(l) for l in out]
+    results = [json.loads(ln) for ln in out]
     assert [r.get("input") for r in results[:2]] == [good, frames]
     vid = results[0]
     # 20 frames at 12 fps, 12-frame windows every 6 frames: starts 0, 6 and 8 (to the end).
