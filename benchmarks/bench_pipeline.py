@@ -135,9 +135,9 @@ def _rates(fns: dict, n_items: int, frames_per_item: int, seconds: float,
     on a shared machine hits all of them alike; CPU time (`time.process_time`,
     all threads of this process) is what one free core would deliver.
     """
-    done = {k: 0 for k in fns}
-    wall = {k: 0.0 for k in fns}
-    cpu = {k: 0.0 for k in fns}
+    done = dict.fromkeys(fns, 0)
+    wall = dict.fromkeys(fns, 0.0)
+    cpu = dict.fromkeys(fns, 0.0)
     for fn in fns.values():
         fn(0)  # warm up
     for _ in range(rounds):

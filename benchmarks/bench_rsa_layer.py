@@ -14,9 +14,8 @@ import argparse
 import json
 import os
 import platform
-import time
-
 import sys
+import time
 
 import jax
 import jax.numpy as jnp
@@ -58,14 +57,15 @@ def bench(shape, kernel_size, repeats, dtype) -> dict:
         model = RSA(features=c, num_heads=8, kernel_size=kernel_size, implementation=impl,
                     dtype=dtype)
         params = model.init(jax.random.key(1), x)["params"]
-        fwd = jax.jit(lambda p, x: model.apply({"params": p}, x))
+        def forward(p, x, model=model):
+            return model.apply({"params": p}, x)
 
-        def loss(p, x):
+        def loss(p, x, model=model):
             y = model.apply({"params": p}, x)
             return jnp.sum(y.astype(jnp.float32) ** 2)
 
         fwd_bwd = jax.jit(jax.grad(loss, argnums=(0, 1)))
-        fwd_s, fwd_cpu = _median_time(fwd, (params, x), repeats)
+        fwd_s, fwd_cpu = _median_time(jax.jit(forward), (params, x), repeats)
         fb_s, fb_cpu = _median_time(fwd_bwd, (params, x), repeats)
         out[impl] = {
             "fwd_s": fwd_s, "fwd_bwd_s": fb_s, "fwd_cpu_s": fwd_cpu, "fwd_bwd_cpu_s": fb_cpu,

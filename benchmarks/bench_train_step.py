@@ -37,8 +37,8 @@ from configs import ssv2  # noqa: E402
 from rsa_jax import parallel  # noqa: E402
 from rsa_jax.data import transforms  # noqa: E402
 from rsa_jax.models import build_model  # noqa: E402
-from rsa_jax.train import optim, step as step_lib, train  # noqa: E402
-
+from rsa_jax.train import optim, train  # noqa: E402
+from rsa_jax.train import step as step_lib
 
 # XLA:CPU spends most of a compile in LLVM code generation; buffer assignment (the
 # memory analysis) is decided before it, so a memory-only compile can skip it.
@@ -63,7 +63,10 @@ def compile_step(c, mesh, batch: int, compiler_options: dict | None = None,
         mesh, shardings, learning_rate_fn=optim.lr_schedule(c, 100),
         label_smoothing=c.label_smoothing, grad_accum_steps=c.grad_accum_steps)
     data_sh = parallel.data_sharding(mesh)
-    sds = lambda s, d: jax.ShapeDtypeStruct(s, d, sharding=data_sh)
+
+    def sds(shape, dtype):
+        return jax.ShapeDtypeStruct(shape, dtype, sharding=data_sh)
+
     batch_spec = {"video": sds((batch,) + shape[1:], np.dtype(input_dtype)),
                   "label": sds((batch,), np.int32)}
     compiled = train_fn.lower(abstract, batch_spec).compile(compiler_options=compiler_options)
@@ -151,7 +154,7 @@ def main() -> None:
            "dtype": args.dtype, "implementation": args.implementation,
            "input_dtype": args.input_dtype, "input_bytes": int(video.nbytes),
            "host_to_device_s": round(statistics.median(put), 5),
-           "dtype": args.dtype, "implementation": args.implementation, "remat": args.remat,
+           "remat": args.remat,
            "compile_s": round(compile_s, 2), "step_s": round(step_s, 4),
            "step_s_per_clip": round(step_s / args.batch, 4),
            "step_s_min": round(min(times), 4), "step_s_max": round(max(times), 4),

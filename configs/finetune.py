@@ -1,11 +1,11 @@
 """Fine-tune a converted official RSA checkpoint on your own videos (``video_folder``).
 
     python -m rsa_jax.convert official rsa_r50_ssv2_16f.pth.tar /ckpt/rsa_ssv2
-    python -m rsa_jax.main --config configs/finetune.py:NUM_CLASSES --workdir /tmp/ft \\
+    python -m rsa_jax.main --config configs/finetune.py:4 --workdir /tmp/ft \\
         --config.init_from=/ckpt/rsa_ssv2 --config.data.manual_dir=/videos
 
-``/videos`` holds ``train/<class name>/*.mp4`` and ``validation/...`` (see
-rsa_jax/data/builders/video_folder.py). The model config must be the
+The argument is ``NUM_CLASSES[,FRAMES]`` (4 classes above); ``/videos`` holds
+``train/<class name>/*.mp4`` and ``validation/...`` (rsa_jax/data/builders/video_folder.py). The model config must be the
 converted checkpoint's (its ``model_config.json``; the paper's RSA-R50 is the
 default here) except ``num_classes``: the checkpoint's classifier is then
 replaced by a fresh one (logged), everything else loads strictly. The

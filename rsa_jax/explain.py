@@ -6,7 +6,7 @@
   window drawn on each), then one row per head with the basic (P), relational
   (R) and total kernel as 3-D scatters over the window's (t, h, w) offsets,
   diverging colours (red > 0, white 0, blue < 0) on one shared colour bar.
-  The values are the layer's own (``RSA.sow_kernels``, docs/method.md#kernels).
+  The values are the layer's own ('rsa_kernels' collection, docs/method.md#kernels).
 - ``<input>_evidence.png``: the sampled frames and, below, the per-frame
   logits of the clip's top classes (TSN averages these over frames).
 """
@@ -44,7 +44,7 @@ def layer_kernels(loaded: inference.LoadedModel, video: np.ndarray, layer: str |
     """
     import jax
 
-    from rsa_jax.layers.rsa import RSA
+    from rsa_jax.layers.kernels import window_kernels
 
     def fwd(variables, x):
         (logits, feats), state = loaded.model.apply(
@@ -72,7 +72,7 @@ def layer_kernels(loaded: inference.LoadedModel, video: np.ndarray, layer: str |
     if len(at) != 3 or any(not 0 <= a < g for a, g in zip(at, grid)):
         raise ValueError(f"--explain_at {at} outside the layer grid {grid} (t, y, x)")
     h2 = np.asarray(loaded.variables["params"][layer]["conv2"]["H2"])
-    kern = {k: np.asarray(RSA.window_kernels(v[at], h2))
+    kern = {k: np.asarray(window_kernels(v[at], h2))
             for k, v in (("basic", basic), ("relational", rel), ("total", basic + rel))}
     return dict(layer=layer, at=at, grid=grid, **kern,
                 frame_logits=np.asarray(frame_logits[0]), logits=np.asarray(logits[0]))
@@ -104,8 +104,9 @@ def plot_kernels(video: np.ndarray, k: dict, path: str, title: str = "") -> str:
         ax.set_xticks([]), ax.set_yticks([])
         if 0 <= t < len(frames):
             ax.imshow(frames[t])
-            ax.add_patch(patches.Rectangle(((x0 - kw // 2) * scale - .5, (y0 - kh // 2) * scale - .5),
-                                           kw * scale, kh * scale, fill=False, ec="yellow", lw=1.5))
+            corner = ((x0 - kw // 2) * scale - .5, (y0 - kh // 2) * scale - .5)
+            ax.add_patch(patches.Rectangle(corner, kw * scale, kh * scale, fill=False,
+                                           ec="yellow", lw=1.5))
             ax.add_patch(patches.Rectangle((x0 * scale - .5, y0 * scale - .5), scale, scale,
                                            fill=True, fc="red", alpha=.6))
             ax.set_title(f"frame t{i - kt // 2:+d}" if i != kt // 2 else "query frame",

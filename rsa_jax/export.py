@@ -38,7 +38,9 @@ def _flat_forward(loaded: inference.LoadedModel):
     import jax
     import jax.numpy as jnp
 
-    from rsa_jax.train import step as step_lib  # uint8 frames: the train/eval steps' own normalisation
+    from rsa_jax.train import (
+        step as step_lib,  # uint8 frames: the train/eval steps' own normalisation
+    )
     treedef = jax.tree_util.tree_structure(loaded.variables)
 
     def forward(weights, video):

@@ -1,4 +1,4 @@
-"""Entry point: ``python -m rsa_jax.main --config configs/ssv2.py --workdir DIR [--mode train|eval|test]``.
+"""Entry point: ``python -m rsa_jax.main --config CONFIG --workdir DIR [--mode train|eval|test]``.
 
 Flags only; the work is in ``rsa_jax.train.train``. Config values are
 overridden with ``--config.x=y`` (e.g. ``--config.model.dtype=bfloat16``);

@@ -23,13 +23,15 @@ from __future__ import annotations
 import os
 import re
 import subprocess
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import jax
 import numpy as np
 from absl import logging
 from jax.experimental import mesh_utils, multihost_utils
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 DATA_AXIS = "data"
 
@@ -164,8 +166,7 @@ def barrier(name: str, timeout_s: int = 3600) -> None:
     """
     if jax.process_count() == 1:
         return
-    from jax._src import distributed  # the client has the only long-timeout barrier
-    client = distributed.global_state.client
+    client = distributed_client()
     _barrier_count[0] += 1  # ids must be unique; every process counts the same calls
     if client is None:
         multihost_utils.sync_global_devices(name)
@@ -174,6 +175,17 @@ def barrier(name: str, timeout_s: int = 3600) -> None:
 
 
 _barrier_count = [0]
+
+
+def distributed_client() -> Any | None:
+    """The ``jax.distributed`` coordination-service client, or None if not started.
+
+    The one use of JAX's private API in this project (``jax._src.distributed``): the
+    client's ``wait_at_barrier`` is the only barrier with a caller-chosen timeout.
+    tests/test_architecture.py fails loudly if a JAX upgrade moves it.
+    """
+    from jax._src import distributed  # private: see the docstring
+    return distributed.global_state.client
 
 
 def create_mesh(mesh_shape: Mapping[str, int] | None = None,

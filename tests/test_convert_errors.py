@@ -6,7 +6,6 @@ fraction of the size), saved with torch exactly as the official `main.py` does.
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 from collections import OrderedDict
@@ -20,10 +19,15 @@ torch = pytest.importorskip("torch")
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
-from rsa_jax import convert  # noqa: E402
-from rsa_jax.convert import (CheckpointError, infer_model_config,  # noqa: E402
-                             load_official_checkpoint, merge_pretrained,
-                             state_dict_to_variables, variables_to_state_dict)
+from rsa_jax.convert import (  # noqa: E402
+    CheckpointError,
+    infer_model_config,
+    load_official_checkpoint,
+    merge_pretrained,
+    state_dict_to_variables,
+    variables_to_state_dict,
+)
+from rsa_jax.convert.official import _flatten  # noqa: E402
 from rsa_jax.models import build_model  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -65,7 +69,7 @@ def tiny():
 
 
 def assert_trees_equal(a, b):
-    fa, fb = convert._flatten(a), convert._flatten(b)
+    fa, fb = _flatten(a), _flatten(b)
     assert set(fa) == set(fb)
     for k in fa:
         np.testing.assert_array_equal(np.asarray(fa[k]), np.asarray(fb[k]), err_msg=str(k))
@@ -104,6 +108,26 @@ def test_legacy_module_names(tiny):
         legacy[k] = v
     assert any("E_feat_2" in k for k in legacy)
     assert_trees_equal(state_dict_to_variables(legacy, model), variables)
+
+
+def _fc1_classifier(sd):
+    """The same model as the official TSN builds it with dropout 0: the Conv1d
+    classifier sits in place of the dropout, as `base_model.fc1`."""
+    return OrderedDict((k.replace("module.new_fc.", "module.base_model.fc1."), v)
+                       for k, v in sd.items())
+
+
+def test_dropout0_fc1_classifier(tiny, tmp_path):
+    model, variables, sd = tiny
+    fc1 = _fc1_classifier(sd)
+    assert "module.base_model.fc1.weight" in fc1 and "module.new_fc.weight" not in fc1
+    m2, v2 = load_official_checkpoint(save(tmp_path / "fc1.pth.tar", fc1))
+    assert_trees_equal(v2, variables)
+    assert m2.dropout == 0.0  # fc1 is the classifier only when dropout == 0
+    assert infer_model_config({k: v.numpy() for k, v in sd.items()})["dropout"] == 0.3
+    both = OrderedDict(sd, **{"module.base_model.fc1.bias": sd["module.new_fc.bias"]})
+    with pytest.raises(CheckpointError, match=r"base_model\.fc1\.bias.*collides"):
+        state_dict_to_variables(both, model)
 
 
 def _mutated(sd, drop=(), add=None, reshape=None):

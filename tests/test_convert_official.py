@@ -56,7 +56,7 @@ def regenerate_weight(key: str, shape, salt: str = "") -> np.ndarray:
     return x.astype(np.float32)
 
 
-def official_state_dict(salt: str = "") -> "OrderedDict[str, torch.Tensor]":
+def official_state_dict(salt: str = "") -> OrderedDict[str, torch.Tensor]:
     keys = json.loads((FIXTURES / "official_checkpoint_keys.json").read_text())
     return OrderedDict((k, torch.from_numpy(regenerate_weight(k, shape, salt)))
                        for k, shape, _ in keys)

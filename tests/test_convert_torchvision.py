@@ -1,4 +1,4 @@
-"""torchvision ImageNet ResNet state dict -> inflated backbone (rsa-method.md §3.4)."""
+"""torchvision ImageNet ResNet state dict -> inflated backbone (docs/method.md#imagenet-init)."""
 
 from __future__ import annotations
 
@@ -17,10 +17,13 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import orbax.checkpoint as ocp  # noqa: E402
 
-from rsa_jax import convert  # noqa: E402
-from rsa_jax.convert import (CheckpointError, backbone_to_torchvision,  # noqa: E402
-                             merge_pretrained, torchvision_to_backbone,
-                             variables_to_state_dict)
+from rsa_jax.convert import (  # noqa: E402
+    CheckpointError,
+    backbone_to_torchvision,
+    merge_pretrained,
+    torchvision_to_backbone,
+    variables_to_state_dict,
+)
 from rsa_jax.models import build_model  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -28,7 +31,7 @@ RSA_BLOCKS = ("layer1_2", "layer2_1", "layer2_3", "layer3_1", "layer3_3", "layer
               "layer4_1")
 
 
-def torchvision_state_dict(depth=50, seed=0, counters=True) -> "OrderedDict":
+def torchvision_state_dict(depth=50, seed=0, counters=True) -> OrderedDict:
     """A file in torchvision's resnet{depth} layout, with random values."""
     model = build_model({"depth": depth, "backbone": "tsn2d", "num_classes": 1000})
     abstract = jax.eval_shape(lambda: model.init(

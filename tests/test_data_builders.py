@@ -141,8 +141,8 @@ def test_diving48(tmp_path):
     split_vids = {'train': [('a_001', 1, 9), ('a_002', 0, 7)],
                   'test': [('b_001', 0, 8)]}
     for split, vids in split_vids.items():
-        entries = [{'vid_name': v, 'label': l, 'start_frame': 0,
-                    'end_frame': n - 1} for v, l, n in vids]
+        entries = [{'vid_name': v, 'label': ln, 'start_frame': 0,
+                    'end_frame': n - 1} for v, ln, n in vids]
         (root / f'Diving48_V2_{split}.json').write_text(json.dumps(entries))
         for v, _, n in vids:
             dh.write_video(str(root / 'rgb' / f'{v}.mp4'), n, codec='libx264')
@@ -167,7 +167,7 @@ def test_fine_gym(tmp_path, subset):
     files = {'train': f'{subset}_train_element_v1.1.txt',
              'validation': f'{subset}_val_element.txt'}
     for split, rows in clips.items():
-        (root / files[split]).write_text(''.join(f'{c} {l}\n' for c, l in rows))
+        (root / files[split]).write_text(''.join(f'{c} {ln}\n' for c, ln in rows))
         for c, _ in rows:
             dh.write_video(str(root / 'subactions' / f'{c}.mp4'), 6,
                            codec='libx264')

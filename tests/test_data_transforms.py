@@ -5,11 +5,11 @@ flips and normalises in float. Ours may differ from it by interpolation
 rounding only: at most 1 grey level per pixel before normalisation.
 """
 
+import data_helpers as dh
 import numpy as np
 import pytest
 from PIL import Image
 
-import data_helpers as dh
 from rsa_jax import data
 from rsa_jax.data import pipeline, sampling, transforms
 

@@ -19,7 +19,7 @@ def _run(script, *args, env=None):
 
 def _commands(stdout):
     """The printed commands ('+ ...' lines) as argv lists."""
-    return [shlex.split(l[2:]) for l in stdout.splitlines() if l.startswith("+ ")]
+    return [shlex.split(ln[2:]) for ln in stdout.splitlines() if ln.startswith("+ ")]
 
 
 def test_tpu_pod_dry_run_prints_full_gcloud_commands():
@@ -46,7 +46,7 @@ def test_tpu_pod_dry_run_prints_full_gcloud_commands():
                          "~/rsa_venv"]
     # ... which gets the requirements and the TPU wheels of requirements.txt's jax.
     with open(os.path.join(ROOT, "requirements.txt")) as f:
-        jax_pin = next(l.strip() for l in f if l.startswith("jax=="))
+        jax_pin = next(ln.strip() for ln in f if ln.startswith("jax=="))
     install = shlex.split(cmds[5][-1].removeprefix("--command="))
     assert install == ["cd", "~/rsa_jax", "&&", "~/.local/bin/uv", "pip", "install", "-q",
                        "--python", "~/rsa_venv/bin/python", "-r", "requirements.txt",
@@ -100,7 +100,7 @@ def test_gpu_host_dry_run():
     cmds = _commands(r.stdout)
     assert cmds[0][:6] == ["python3", "-m", "pip", "install", "-q", "-r"]
     with open(os.path.join(ROOT, "requirements.txt")) as f:
-        jax_pin = next(l.strip() for l in f if l.startswith("jax=="))
+        jax_pin = next(ln.strip() for ln in f if ln.startswith("jax=="))
     assert cmds[0][-1] == jax_pin.replace("jax==", "jax[cuda12]==")
     assert cmds[1] == ["env", "CUDA_VISIBLE_DEVICES=0,1", "python3", "-m", "rsa_jax.main",
                        "--config=configs/ssv2.py", "--workdir=/runs/a b",
@@ -208,7 +208,8 @@ def test_help_works_for_every_script():
 ])
 def test_gpu_cluster_idle_gpus_are_detected(local, visible, per_node, fails):
     from rsa_jax import parallel
-    check = lambda: parallel.check_gpu_visibility(local, visible, per_node, platform="gpu")
+    def check():
+        return parallel.check_gpu_visibility(local, visible, per_node, platform="gpu")
     if fails:
         with pytest.raises(RuntimeError, match=f"--ntasks-per-node={visible}.*local_device_ids"):
             check()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import flax
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -25,7 +26,7 @@ def abstract_params(cfg, x_shape=(1, 2, 32, 32, 3)):
 def test_rsa_r50_has_the_official_parameter_count():
     v = abstract_params({"num_classes": 174})
     assert count_params(v["params"]) == 22_034_302
-    # rsa-method.md Appendix A: backbone 21,677,776 and new_fc 356,526.
+    # docs/method.md#network: backbone 21,677,776 and new_fc 356,526.
     assert count_params(v["params"]["new_fc"]) == 356_526
     rsa = sum(count_params(v["params"][b]["conv2"]) for b in
               ("layer1_2", "layer2_1", "layer2_3", "layer3_1", "layer3_3", "layer3_5",
@@ -142,7 +143,7 @@ def test_train_mode_updates_batch_stats_and_is_random(tiny, train_apply):
     mean0 = v["batch_stats"]["layer1_0"]["bn1"]["mean"]
     mean1 = state["batch_stats"]["layer1_0"]["bn1"]["mean"]
     assert not np.allclose(mean0, mean1)  # momentum 0.9 running average moved
-    with pytest.raises(Exception):  # stochastic depth needs its rng
+    with pytest.raises(flax.errors.InvalidRngError):  # stochastic depth needs its rng
         model.apply(v, X, train=True, mutable=["batch_stats"], rngs={"dropout": k(0)})
 
 
@@ -195,7 +196,7 @@ def test_model_stats_tiny():
 
 
 def test_fvcore_style_macs_match_the_paper_log():
-    # rsa-method.md Appendix A: 71,774,240,768 MACs at 16 × 224² (fvcore, 174 classes).
+    # docs/method.md#complexity: 71,774,240,768 MACs at 16 × 224² (fvcore, 174 classes).
     from rsa_jax.models import _jaxpr_macs
     # Convolutions only (no banded-matrix forms, whose zeros would count).
     m = build_model({"num_classes": 174, "rsa": {"conv_strategy": "taps2d"}})

@@ -11,10 +11,10 @@ host does differently), so many host counts are cheap to cover.
 
 import collections
 
+import data_helpers as dh
 import numpy as np
 import pytest
 
-import data_helpers as dh
 from rsa_jax import data
 
 N_TRAIN, N_VAL = 32, 16   # the 'tiny' synthetic_motion split sizes

@@ -197,7 +197,7 @@ def test_two_processes_match_one_process_on_the_same_global_batch(two_process_ru
     assert "process 0 of 2, 4 local / 8 global devices" in log0
     assert _steps(workdir)[-1] == NUM_STEPS
     assert os.path.exists(os.path.join(workdir, "eval", "validation_scores.npz"))
-    rows = [json.loads(l) for l in open(os.path.join(workdir, "metrics.jsonl"))]
+    rows = [json.loads(ln) for ln in open(os.path.join(workdir, "metrics.jsonl"))]
     assert [r["step"] for r in rows if "train/loss" in r] == list(range(1, NUM_STEPS + 1))
     # Process 1 logs nothing but warnings, and writes no metrics of its own.
     assert "step 1/6" not in open(procs[1].log_path).read()

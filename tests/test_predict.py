@@ -14,6 +14,7 @@ import predict_helpers as ph
 import pytest
 
 from rsa_jax import explain, inference, predict
+from rsa_jax.layers.kernels import window_kernels
 from rsa_jax.layers.rsa import RSA, extract_windows, l2_normalize
 
 # --- RSA kernels (fast, layer level) --------------------------------------------
@@ -36,7 +37,7 @@ def test_sown_kernels_reproduce_the_layer_output(implementation, zero):
     sown = state["rsa_kernels"]
     basic, rel = sown["kernel_basic"][0], sown["kernel_relational"][0]
     h2 = variables["params"]["H2"]
-    kappa = RSA.window_kernels(basic + rel, h2)                 # (B,T,H,W,nh,kT,kH,kW)
+    kappa = window_kernels(basic + rel, h2)                 # (B,T,H,W,nh,kT,kH,kW)
     kappa = kappa.reshape(kappa.shape[:5] + (-1,))
     dv = layer.dims.dv
     v = l2_normalize(x @ variables["params"]["projection"][:, -dv:])
@@ -78,7 +79,7 @@ def _run(argv, capsys, stdin=None, monkeypatch=None):
         monkeypatch.setattr(sys, "stdin", io.StringIO(stdin))
     rc = predict.main(argv)
     out = capsys.readouterr()
-    return rc, out.out.splitlines(), [l for l in out.err.splitlines() if l.startswith("error")]
+    return rc, out.out.splitlines(), [ln for ln in out.err.splitlines() if ln.startswith("error")]
 
 
 @pytest.mark.slow
@@ -141,7 +142,7 @@ def test_bad_inputs_windows_and_stdin(workdir, tmp_path, capsys, monkeypatch):
     assert len(err) == len(bad)
     for line, path in zip(err, bad):
         assert line.startswith(f"error: {path}: ") and len(line) > len(path) + 9
-    results = [json.loads(l) for l in out]
+    results = [json.loads(ln) for ln in out]
     assert [r.get("input") for r in results[:2]] == [good, frames]
     vid = results[0]
     # 20 frames at 12 fps, 12-frame windows every 6 frames: starts 0, 6 and 8 (to the end).

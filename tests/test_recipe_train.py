@@ -7,7 +7,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from jax.sharding import NamedSharding, PartitionSpec as P
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from rsa_jax import parallel
 from rsa_jax.models import build_model
@@ -71,7 +72,8 @@ def test_every_batch_norm_of_the_model_uses_the_groups():
                 lambda a, m=model: m.init({"params": jax.random.PRNGKey(0),
                                            "dropout": jax.random.PRNGKey(1)}, a, train=True), x)
         num_bn = len(jax.tree_util.tree_leaves(shapes[g]["batch_stats"])) // 2
-        assert calls.count("GroupBatchNorm" if g else "BatchNorm") == num_bn == 1 + 8 * 2 + 3   # stem, 2 per block, 3 shortcuts
+        # the stem, 2 per block, 3 shortcuts
+        assert calls.count("GroupBatchNorm" if g else "BatchNorm") == num_bn == 1 + 8 * 2 + 3
         assert "BatchNorm" not in calls if g else "GroupBatchNorm" not in calls
     assert jax.tree_util.tree_structure(shapes[0]) == jax.tree_util.tree_structure(shapes[2])
 
@@ -83,6 +85,7 @@ def test_official_epoch_step_matches_torch_sgd_sequence():
     import ml_collections
     import optax
     import torch
+
     from rsa_jax.train import optim
     cfg = ml_collections.ConfigDict(dict(
         learning_rate=0.3, num_epochs=4, warmup_epochs=1, warmup_factor=0.1, min_lr_ratio=1e-3,
@@ -135,6 +138,7 @@ def test_official_epoch_step_matches_torch_sgd_sequence():
 
 def test_float16_training_is_refused_before_any_work(tmp_path):
     import ml_collections
+
     from rsa_jax.train import train
     cfg = ml_collections.ConfigDict({"model": {"dtype": "float16"}})
     with pytest.raises(ValueError, match="dtype=float16: training in float16 needs loss scaling"):

@@ -12,9 +12,8 @@ import numpy as np
 import pytest
 
 from rsa_jax.convert import rsa_layer_params_from_torch, rsa_layer_params_to_torch
-from rsa_jax.layers import RSA
-from rsa_jax.layers import rsa as rsa_module
-from rsa_jax.layers.rsa import resolve_dims
+from rsa_jax.layers import RSA, conv_forms
+from rsa_jax.layers.rsa import l2_normalize, resolve_dims
 from tests.rsa_fixtures import FIXTURE_DIR, LAYER_FIXTURES, load_layer_fixture, rel_err
 
 IMPLS = ("conv", "patches")
@@ -33,8 +32,8 @@ def _layer(impl, strategy, **cfg):
 
 def _force_frames(strategy):
     form = strategy.split("-")[1] if "-" in strategy else None
-    return mock.patch.object(rsa_module, "_shared_conv_form",
-                             (lambda *a: form) if form else rsa_module._shared_conv_form)
+    return mock.patch.object(conv_forms, "_shared_conv_form",
+                             (lambda *a: form) if form else conv_forms._shared_conv_form)
 
 
 def _run(fx, impl, strategy, dtype):
@@ -121,7 +120,7 @@ def test_implementations_agree_on_random_configs(seed):
         layer = _layer(impl, strategy, **cfg)
         with _force_frames(strategy):
             y, grads = jax.value_and_grad(
-                lambda p, x: jnp.sum(jnp.sin(layer.apply({"params": p}, x))),
+                lambda p, x, layer=layer: jnp.sum(jnp.sin(layer.apply({"params": p}, x))),
                 argnums=(0, 1))(params, x)
         outs[impl, strategy] = (y, grads)
     ref_y, ref_g = outs[VARIANTS[0]]
@@ -172,7 +171,7 @@ def test_official_default_dims_and_init():
     np.testing.assert_allclose(np.std(p["P1"]), (245 * 32) ** -0.5, rtol=0.1)
     np.testing.assert_allclose(np.std(p["H1"]), np.sqrt(2 / (32 * 32 * 245)), rtol=0.05)
     np.testing.assert_allclose(np.std(p["projection"]), np.sqrt(2 / d.d_hid), rtol=0.05)
-    # The layer-1 RSA of the paper's network has 24,848 parameters (method doc §1.5).
+    # The layer-1 RSA of the paper's network has 24,848 parameters (docs/method.md#complexity).
     p1 = RSA(features=64).init(jax.random.key(0), jnp.zeros((1, 2, 4, 4, 64)))["params"]
     assert sum(a.size for a in jax.tree.leaves(p1)) == 24_848
 
@@ -213,7 +212,25 @@ def test_wide_layer_im2col_path_matches_native_conv():
         assert params["H1"].shape[-1] == 40 * 40  # dk = 40 groups
         params["P1"] = params["P1"] * 10
         outs.append(jax.value_and_grad(
-            lambda p: jnp.sum(jnp.sin(layer.apply({"params": p}, x))))(params))
+            lambda p, layer=layer: jnp.sum(jnp.sin(layer.apply({"params": p}, x))))(params))
     np.testing.assert_allclose(outs[0][0], outs[1][0], rtol=1e-5)
     for a, b in zip(jax.tree.leaves(outs[0][1]), jax.tree.leaves(outs[1][1])):
         assert rel_err(a, b) < 1e-5
+
+
+def test_l2_normalize_accumulates_in_float32():
+    """bfloat16/float16 inputs: the sum of squares runs in float32, the result is cast back."""
+    x32 = jax.random.normal(jax.random.key(0), (3, 640)) * 300.0
+    ref = np.asarray(x32) / np.sqrt(np.sum(np.asarray(x32, np.float64) ** 2, -1,
+                                           keepdims=True) + 1e-6)
+    for dtype, tol in ((jnp.bfloat16, 1e-2), (jnp.float16, 2e-3)):
+        x = x32.astype(dtype)
+        y = l2_normalize(x)
+        assert y.dtype == dtype
+        # float16 squares of values ~300 overflow (max 65504): a float16 sum gives inf -> 0.
+        assert rel_err(y.astype(jnp.float32), ref) < tol, dtype
+        reduce = [e for e in jax.make_jaxpr(l2_normalize)(x).eqns
+                  if e.primitive.name == "reduce_sum"]
+        assert [e.invars[0].aval.dtype for e in reduce] == [jnp.float32], dtype
+    np.testing.assert_array_equal(l2_normalize(x32), x32 * jax.lax.rsqrt(
+        jnp.sum(x32 * x32, -1, keepdims=True) + 1e-6))  # float32: unchanged arithmetic

@@ -17,7 +17,8 @@ import numpy as np
 import pytest
 
 from rsa_jax import convert, parallel
-from rsa_jax.train import evaluate as eval_lib, train
+from rsa_jax.train import evaluate as eval_lib
+from rsa_jax.train import train
 
 FIXTURES = Path(__file__).parent / "fixtures"
 pytestmark = pytest.mark.slow

@@ -70,7 +70,7 @@ def test_kill_and_resume_is_bit_exact(data_dir, tmp_path):
     for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)):
         np.testing.assert_array_equal(x, y)
     assert 0.0 <= metrics["top1"] <= 100.0 and metrics["num_videos"] == 16
-    rows = [json.loads(l) for l in open(os.path.join(full, "metrics.jsonl"))]
+    rows = [json.loads(ln) for ln in open(os.path.join(full, "metrics.jsonl"))]
     assert any("train/loss" in r for r in rows) and any("eval/top1" in r for r in rows)
     assert os.path.exists(os.path.join(full, "eval", "validation_scores.npz"))
     assert os.path.exists(os.path.join(full, "config.json"))
@@ -117,7 +117,7 @@ def test_eval_schedule_checkpoints_every_eval_and_mode_eval_takes_the_best(
     cfg.data.uint8_output = True
     cfg.model.bn_group_clips = 4
     train.train_and_evaluate(cfg, workdir)
-    rows = [json.loads(l) for l in open(os.path.join(workdir, "metrics.jsonl"))]
+    rows = [json.loads(ln) for ln in open(os.path.join(workdir, "metrics.jsonl"))]
     evals = {r["step"]: r["eval/top1"] for r in rows if "eval/top1" in r}
     assert sorted(evals) == [8, 12]
     assert all("eval/loss_smoothed" in r for r in rows if "eval/top1" in r)

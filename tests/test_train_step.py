@@ -13,10 +13,10 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
-import pytest
 
 from rsa_jax import parallel
-from rsa_jax.train import optim, step as step_lib
+from rsa_jax.train import optim
+from rsa_jax.train import step as step_lib
 
 NUM_CLASSES = 5
 
@@ -48,7 +48,7 @@ def _batch(n=8, seed=0):
             "label": r.randint(0, NUM_CLASSES, n).astype(np.int32)}
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _run_steps(num_devices: int, accum: int = 1, num_steps: int = 2):
     mesh = parallel.create_mesh({"data": num_devices}, jax.devices()[:num_devices])
     cfg = _config(learning_rate=0.5)
@@ -71,7 +71,8 @@ def test_eight_devices_equal_one_device():
     np.testing.assert_allclose(l8, l1, rtol=1e-6, atol=1e-6)
     for a, b in zip(jax.tree_util.tree_leaves((p8, b8)), jax.tree_util.tree_leaves((p1, b1))):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
-    assert not np.allclose(p1["Dense_0"]["kernel"], _run_steps(1, num_steps=1)[0][0]["Dense_0"]["kernel"])
+    one_step = _run_steps(1, num_steps=1)[0][0]
+    assert not np.allclose(p1["Dense_0"]["kernel"], one_step["Dense_0"]["kernel"])
 
 
 def test_fsdp_sharding_gives_same_step():
@@ -199,7 +200,8 @@ def test_uint8_input_is_normalised_on_device_like_the_host_path():
     host = transforms.normalize(pixels)
     labels = r.randint(0, NUM_CLASSES, 4).astype(np.int32)
     np.testing.assert_allclose(np.asarray(step_lib.normalize_video(pixels)), host, atol=1e-6)
-    feed = lambda v: parallel.shard_batch({"video": v, "label": labels}, mesh)
+    def feed(v):
+        return parallel.shard_batch({"video": v, "label": labels}, mesh)
     logits_u8 = np.asarray(evaluate(state, feed(pixels)["video"]))
     logits_f32 = np.asarray(evaluate(state, feed(host)["video"]))
     np.testing.assert_allclose(logits_u8, logits_f32, atol=1e-6)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import io
 import os
-from typing import Sequence
+from collections.abc import Sequence
 
 import av
 import numpy as np
@@ -199,7 +199,7 @@ def decode_video_frame_list(data: bytes, indices: Sequence[int], height: int,
     but only the sampled ones are converted to RGB and resized (by swscale).
     Indices past the end repeat the last decoded frame.
     """
-    wanted = set(int(i) for i in indices)
+    wanted = {int(i) for i in indices}
     last = max(wanted)
     got: dict[int, np.ndarray] = {}
     container = _open(data, name)

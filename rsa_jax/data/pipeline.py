@@ -28,13 +28,17 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from absl import flags, logging
 import grain
 import numpy as np
 import tensorflow_datasets as tfds
+from absl import flags, logging
 
-from rsa_jax.data import builders  # noqa: F401  (registers the builders)
-from rsa_jax.data import decode, sampling, transforms
+from rsa_jax.data import (
+    builders,  # noqa: F401  (registers the builders)
+    decode,
+    sampling,
+    transforms,
+)
 
 MODES = ('train', 'eval', 'test')
 

@@ -17,7 +17,7 @@ normalise write straight into one preallocated clip array.
 from __future__ import annotations
 
 import re
-from typing import Sequence
+from collections.abc import Sequence
 
 import cv2
 import numpy as np
@@ -175,9 +175,9 @@ def normalize(frames: np.ndarray, flip: bool = False,
               out: np.ndarray | None = None) -> np.ndarray:
     """uint8 `(..., H, W, 3)` → float32 ImageNet-normalised, optionally h-flipped.
 
-    A 256-entry table per channel replaces the float arithmetic (`cv2.LUT`,
-    one pass, ~2.7× faster than the NumPy gather, more than convert, subtract and multiply) and gives the
-    same float32 values as `(x / 255 − mean) / std` up to float rounding.
+    A 256-entry table per channel replaces the float arithmetic (`cv2.LUT`, one
+    pass, ~2.7× faster than the NumPy gather, more than convert, subtract and
+    multiply) and gives the same float32 values as `(x / 255 − mean) / std` up to float rounding.
     """
     frames = np.asarray(frames)
     if out is None:
@@ -204,8 +204,9 @@ def augment(frames: Sequence[np.ndarray] | np.ndarray,
             uint8_output: bool = False) -> np.ndarray:
     """Crop → resize (per frame, into one clip array) → flip → normalise.
 
-    A frame that appears twice in the `frames` list is resized once. Returns float32 ImageNet-normalised `(T, size, size, 3)`, or the raw
-    uint8 pixels with `uint8_output`.
+    A frame that appears twice in the `frames` list is resized once. Returns
+    float32 ImageNet-normalised `(T, size, size, 3)`, or the raw uint8 pixels with
+    `uint8_output`.
     """
     clip = crop_resize(frames, box, size)
     if flip:

@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 import warnings
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import jax
 import jax.numpy as jnp
-from jax.extend import core as jax_core
 import numpy as np
+from jax.extend import core as jax_core
 
-from rsa_jax.models.resnet_tsn import (BACKBONES, STAGE_BLOCKS, ResNetTSN, msra_fan_out,
-                                       survival_probs)
+from rsa_jax.models.resnet_tsn import (
+    BACKBONES,
+    STAGE_BLOCKS,
+    ResNetTSN,
+    survival_probs,
+)
 
 __all__ = ["ResNetTSN", "build_model", "model_stats", "default_model_config",
            "survival_probs", "STAGE_BLOCKS", "BACKBONES"]
@@ -22,7 +27,7 @@ _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.floa
 
 
 def default_model_config() -> dict:
-    """The paper's RSANet-R50 (rsa-method.md §3), as a plain dict."""
+    """The paper's RSANet-R50 (docs/method.md#network), as a plain dict."""
     return dict(depth=50, width=64, num_classes=174, backbone="rsa",
                 rsa_positions=[[2], [1, 3], [1, 3, 5], [1]],
                 rsa=dict(num_heads=8, kernel_size=[5, 7, 7], kernel_type="VplusR",
@@ -61,7 +66,7 @@ def build_model(model_cfg: Any) -> ResNetTSN:
     unknown = set(cfg) - set(d) - {"precision"}
     if unknown:  # tolerated (a config may carry extra bookkeeping), but visible
         warnings.warn(f"build_model ignores unknown model config fields {sorted(unknown)}; "
-                      f"known: {sorted(d)}")
+                      f"known: {sorted(d)}", stacklevel=2)
     rsa_cfg = dict(d["rsa"])
     rsa_cfg.update(_get(cfg, "rsa", {}) or {})
     bad = set(rsa_cfg) - set(_RSA_FIELDS)
@@ -95,7 +100,7 @@ def count_params(tree: Any) -> int:
 
 
 def _jaxpr_macs(jaxpr) -> int:
-    """fvcore-style multiply-accumulates of a jaxpr (rsa-method.md Appendix A).
+    """fvcore-style multiply-accumulates of a jaxpr (docs/method.md#complexity).
 
     Convolutions count out-elements × (in / groups) × kernel volume (padding
     taps included, as fvcore does); dot_general / einsum the product of all index

@@ -19,12 +19,12 @@ Parameter names follow the official state dict (``conv1``, ``bn1``,
 from __future__ import annotations
 
 import functools
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 from jax import lax
 
 from rsa_jax.layers import RSA
@@ -277,7 +277,9 @@ class Block(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-        conv = lambda f, k, s, name: Conv(f, k, s, self.dtype, self.precision, name=name)
+        def conv(f, k, s, name):
+            return Conv(f, k, s, self.dtype, self.precision, name=name)
+
         s = self.stride
         if self.kind == "bottleneck":
             out_ch = 4 * self.planes

@@ -8,7 +8,8 @@ averages over the global batch; state donated).
 # No `from __future__ import annotations`: clu reads TrainMetrics annotations as objects.
 
 import functools
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import flax
 import flax.linen as nn

@@ -11,11 +11,13 @@
 | `video_folder` | `<split>/<class name>/<video file>` | default (JPEG), video |
 """
 
-from rsa_jax.data.builders.base import (BadInputError, EmptySplitError,
-                                        VideoBuilder, VideoConfig)
+from rsa_jax.data.builders.base import BadInputError, EmptySplitError, VideoBuilder, VideoConfig
 from rsa_jax.data.builders.fine_grained import Diving48, FineGym
-from rsa_jax.data.builders.something_something import (SomethingSomethingV1,
-                                                       SomethingSomethingV2)
+from rsa_jax.data.builders.something_something import SomethingSomethingV1, SomethingSomethingV2
 from rsa_jax.data.builders.synthetic_motion import SyntheticMotion
-from rsa_jax.data.builders.video_list import VideoList
 from rsa_jax.data.builders.video_folder import VideoFolder
+from rsa_jax.data.builders.video_list import VideoList
+
+__all__ = ["BadInputError", "Diving48", "EmptySplitError", "FineGym", "SomethingSomethingV1",
+           "SomethingSomethingV2", "SyntheticMotion", "VideoBuilder", "VideoConfig",
+           "VideoFolder", "VideoList"]

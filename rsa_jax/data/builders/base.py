@@ -35,15 +35,17 @@ import json
 import multiprocessing
 import os
 import re
-from typing import Any, Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any
 
-from absl import logging
-from etils import epath
 import numpy as np
 import tensorflow_datasets as tfds
+from absl import logging
+from etils import epath
 from tqdm import auto as tqdm
 
-from rsa_jax.data import decode, problems as problems_lib
+from rsa_jax.data import decode
+from rsa_jax.data import problems as problems_lib
 from rsa_jax.data.decode import BadInputError
 
 # (key, function, args): the function builds one example or raises

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from typing import Sequence
+from collections.abc import Sequence
 
 import tensorflow_datasets as tfds
 
 from rsa_jax.data.builders import base
 from rsa_jax.data.decode import BadInputError
-
 
 
 def _labelled_video_items(split: str, list_path: str,

@@ -8,7 +8,7 @@ ids [86, 87, 93, 94, 166, 167] refer to).
 from __future__ import annotations
 
 import os
-from typing import Sequence
+from collections.abc import Sequence
 
 import tensorflow_datasets as tfds
 

@@ -1,0 +1,69 @@
+"""``python -m rsa_jax.convert official|torchvision INPUT OUT_DIR``: PyTorch -> orbax.
+
+Prints one JSON line (output directory and model config) on success; a one-line
+``error: ...`` on stderr and exit code 2 for a bad or mismatched input
+(docs/converting.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+from rsa_jax.convert.official import _save_orbax, official_to_orbax
+from rsa_jax.convert.torch_io import CheckpointError
+from rsa_jax.convert.torchvision import torchvision_to_backbone
+from rsa_jax.models import default_model_config
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Runs the converter CLI; returns the process exit code (2 on a bad input)."""
+    parser = argparse.ArgumentParser(
+        prog="python -m rsa_jax.convert",
+        description="Convert PyTorch checkpoints to orbax checkpoints for rsa_jax.")
+    sub = parser.add_subparsers(dest="kind", required=True)
+    p = sub.add_parser("official", help="official RSA .pth.tar -> orbax (params, batch_stats)")
+    p.add_argument("input")
+    p.add_argument("out_dir")
+    p.add_argument("--num_segments", type=int, default=None)
+    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--trust_pickle", action="store_true",
+                   help="allow arbitrary pickled objects (torch.load weights_only=False)")
+    p = sub.add_parser("torchvision",
+                       help="torchvision ImageNet ResNet .pth -> inflated backbone (orbax)")
+    p.add_argument("input")
+    p.add_argument("out_dir")
+    p.add_argument("--model_config", default=None,
+                   help="JSON model config (default: the paper's RSA-R50)")
+    p.add_argument("--depth", type=int, default=None)
+    p.add_argument("--backbone", default=None, choices=("rsa", "tsn2d", "tsn3d"))
+    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--trust_pickle", action="store_true")
+    args = parser.parse_args(argv)
+    try:
+        if args.kind == "official":
+            cfg = official_to_orbax(args.input, args.out_dir, num_segments=args.num_segments,
+                                    overwrite=args.overwrite, trust_pickle=args.trust_pickle)
+        else:
+            cfg = default_model_config()
+            if args.model_config:
+                cfg.update(json.loads(args.model_config))
+            for k in ("depth", "backbone"):
+                if getattr(args, k) is not None:
+                    cfg[k] = getattr(args, k)
+            variables = torchvision_to_backbone(args.input, cfg,
+                                                trust_pickle=args.trust_pickle)
+            _save_orbax(args.out_dir, variables, cfg,
+                        dict(source=os.path.abspath(args.input), kind="torchvision"),
+                        args.overwrite)
+    except (CheckpointError, FileNotFoundError, FileExistsError, ImportError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(json.dumps({"out_dir": os.path.abspath(args.out_dir), "model_config": cfg}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

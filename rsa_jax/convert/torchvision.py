@@ -1,0 +1,116 @@
+"""torchvision ImageNet ResNets -> inflated `ResNetTSN` backbones, and merging.
+
+The official network starts from torchvision's ImageNet ResNet-50: 2-D kernels
+gain a unit temporal axis, the classifier is dropped, and the blocks that carry
+RSA keep their fresh initialisation (docs/method.md#imagenet-init).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import Any
+
+import jax.numpy as jnp
+import numpy as np
+
+from rsa_jax.convert.official import (
+    _OPTIONAL_SUFFIX,
+    _abstract_variables,
+    _check_keys,
+    _expected_shapes,
+    _flatten,
+    _module_to_torch,
+    _torch_key,
+    _unflatten,
+    variables_to_state_dict,
+)
+from rsa_jax.convert.rsa_layer import conv3d_weight_from_torch
+from rsa_jax.convert.torch_io import CheckpointError, read_state_dict
+from rsa_jax.models import _to_plain, build_model
+
+
+def torchvision_to_backbone(state_dict_or_path: Any, model_cfg: Any,
+                            trust_pickle: bool = False) -> dict:
+    """torchvision ImageNet ResNet state dict -> inflated backbone variables.
+
+    As the official code (docs/method.md#imagenet-init): 2-D kernels get a unit temporal
+    axis ((O,I,kh,kw) -> (O,I,1,kh,kw)); for 'tsn3d' middle convs with kT > 1
+    the kernel is repeated over time and divided by kT (I3D inflation, not in
+    the official code).  ``fc.*`` is skipped, and so is **every** entry of the
+    blocks that carry RSA (their conv1/bn1/bn2/conv3/bn3 keep the fresh MSRA
+    init with bn3 γ = 0).  Returns a partial ``{'params', 'batch_stats'}`` tree;
+    combine with `merge_pretrained(fresh_variables, this)`.
+
+    Raises:
+      CheckpointError: listing missing, unexpected or mis-shaped keys.
+    """
+    model = build_model(model_cfg)
+    if isinstance(state_dict_or_path, (str, os.PathLike)):
+        sd, _ = read_state_dict(state_dict_or_path, trust_pickle=trust_pickle)
+    else:
+        sd = {k: np.asarray(v) for k, v in state_dict_or_path.items()}
+    sd = {k: v for k, v in sd.items() if not k.endswith(_OPTIONAL_SUFFIX)}
+    # What torchvision's file holds for this depth: the plain model's keys, 2-D.
+    plain = build_model(dict(_cfg_dict(model_cfg), backbone="tsn2d"))
+    expected = {}
+    for key, shape in _expected_shapes(plain).items():
+        if key.startswith("base_model."):
+            expected[key[len("base_model."):]] = shape[:2] + shape[3:] if len(shape) == 5 \
+                else shape
+    fc = {k: v.shape for k, v in sd.items() if k in ("fc.weight", "fc.bias")}
+    _check_keys({k: v.shape for k, v in sd.items() if k not in fc}, expected,
+                "torchvision state dict")
+    rsa_blocks = {s["name"] for s in model.block_specs() if s["rsa"]}
+    abstract = _abstract_variables(model)
+    out = {}
+    for col in ("params", "batch_stats"):
+        flat = {}
+        for path, leaf in _flatten(abstract[col]).items():
+            if path[0] == "new_fc" or path[0] in rsa_blocks:
+                continue
+            v = sd[_torch_key(col, path)[len("base_model."):]]
+            if path[-1] == "kernel":
+                kt = leaf.shape[0]
+                v = np.repeat(v[:, :, None], kt, axis=2) / kt
+                v = conv3d_weight_from_torch(v)
+            flat[path] = np.ascontiguousarray(v, dtype=np.float32)
+        out[col] = _unflatten(flat)
+    return out
+
+
+def backbone_to_torchvision(variables: Mapping, model_cfg: Any) -> dict[str, np.ndarray]:
+    """Inverse of `torchvision_to_backbone` for the non-RSA blocks (kT = 1 kernels)."""
+    model = build_model(model_cfg)
+    rsa_blocks = {_module_to_torch(s["name"]) for s in model.block_specs() if s["rsa"]}
+    sd = variables_to_state_dict({c: variables[c] for c in ("params", "batch_stats")}, model)
+    out = {}
+    for k, v in sd.items():
+        if not k.startswith("base_model.") or ".".join(k.split(".")[1:3]) in rsa_blocks:
+            continue
+        out[k[len("base_model."):]] = v.sum(axis=2) if v.ndim == 5 else v
+    return out
+
+
+def merge_pretrained(fresh_variables: Mapping, pretrained_variables: Mapping) -> dict:
+    """``fresh`` with every leaf present in ``pretrained`` overwritten.
+
+    Raises:
+      CheckpointError: a pretrained leaf that ``fresh`` lacks, or a shape mismatch.
+    """
+    fresh = _flatten(fresh_variables)
+    pre = _flatten(pretrained_variables)
+    unknown = sorted("/".join(p) for p in pre if p not in fresh)
+    bad = sorted(f"{'/'.join(p)}: {np.shape(v)} vs fresh {np.shape(fresh[p])}"
+                 for p, v in pre.items() if p in fresh and np.shape(v) != np.shape(fresh[p]))
+    if unknown or bad:
+        raise CheckpointError(f"pretrained variables do not fit the model: "
+                              f"unknown={unknown} mis-shaped={bad}")
+    merged = dict(fresh)
+    for p, v in pre.items():
+        merged[p] = jnp.asarray(v, dtype=getattr(fresh[p], "dtype", None))
+    return _unflatten(merged)
+
+
+def _cfg_dict(model_cfg: Any) -> dict:
+    return dict(_to_plain(model_cfg))

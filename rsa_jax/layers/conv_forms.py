@@ -1,0 +1,260 @@
+"""How the factorised RSA layer evaluates its convolutions and per-position products.
+
+`rsa.py` states the method; this module holds the backend-specific ways of running
+it fast.  All forms compute the same numbers (to float32 rounding); they differ in
+the XLA operations they emit, because XLA:CPU runs some of them an order of
+magnitude slower than others:
+
+* the grouped 3-D convolution H1 (dk groups of dd filters on the key map):
+  a lax grouped convolution ('native'), one 2-D convolution over the temporal taps
+  per group, or an im2col batched matmul above `_MAX_LOOPED_GROUPS` groups;
+* the shared single-channel filter banks H2/G applied to every value channel:
+  a lax 3-D convolution ('native'), a 2-D convolution over the temporal taps
+  ('taps'), or one matmul with a banded weight matrix ('frame' / 'row');
+* the per-position matrix products: `jnp.einsum` on accelerators, or `_pmm`, whose
+  custom VJP keeps XLA:CPU's batched dots on their fast layout.
+
+`select_forms` is the one entry point: it picks every form from the backend, the
+frame size and the layer's ``conv_strategy``.  See docs/method.md#complexity.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+# Above this many groups the per-group loop costs more compile time than it saves
+# at run time (measured on CPU: at dk = 32 the loop is 2.6x faster than im2col;
+# deeper layers have dk = 64 on 7x7 maps, where im2col is cheap).
+_MAX_LOOPED_GROUPS = 32
+
+
+@dataclasses.dataclass(frozen=True)
+class ConvForms:
+    """The evaluation forms the factorised layer uses, chosen by `select_forms`.
+
+    Attributes:
+      grouped_conv: ``(k (B,T,H,W,dk), h1 (kT,kH,kW,1,dk·dd)) -> (B,T,H,W,dk,dd)``,
+        the grouped convolution R = H1 * k̂ (groups = dk).
+      shared_conv: ``(v (B,T,H,W,C), bank (kT,kH,kW,1,F)) -> (B,T,H,W,C,F)``, one
+        single-channel filter bank applied to every channel of v.
+      matmul: per-position matrix product ``(..., n, j) @ (..., j, d)``.
+      transpose: swaps the last two axes.
+      shared_form: the name of the shared-convolution form ('native', 'taps',
+        'row' or 'frame'), for logs and tests.
+    """
+
+    grouped_conv: Callable[[jax.Array, jax.Array], jax.Array]
+    shared_conv: Callable[[jax.Array, jax.Array], jax.Array]
+    matmul: Callable[[jax.Array, jax.Array], jax.Array]
+    transpose: Callable[[jax.Array], jax.Array]
+    shared_form: str
+
+
+def select_forms(conv_strategy: str, frame_hw: Sequence[int], kernel_size: Sequence[int],
+                 groups: int, precision: Any = None,
+                 backend: str | None = None) -> ConvForms:
+    """Picks how to evaluate the factorised layer's operations.
+
+    Args:
+      conv_strategy: 'native' (lax 3-D / grouped convolutions and einsums),
+        'taps2d' (2-D convolutions over the temporal taps only, so a traced graph
+        has the official layer's multiply-adds) or 'auto' (native off CPU; on CPU
+        taps2d, with the shared convolution as a banded matmul on small frames).
+      frame_hw: (H, W) of the value map.
+      kernel_size: (kT, kH, kW).
+      groups: dk, the number of groups of the H1 convolution.
+      precision: lax precision for convolutions and matmuls.
+      backend: defaults to ``jax.default_backend()``.
+
+    Raises:
+      ValueError: for an unknown ``conv_strategy``.
+    """
+    if conv_strategy not in ("auto", "native", "taps2d"):
+        raise ValueError(f"conv_strategy must be 'auto', 'native' or 'taps2d', "
+                         f"got {conv_strategy!r}")
+    backend = backend or jax.default_backend()
+    if conv_strategy == "native" or (conv_strategy == "auto" and backend != "cpu"):
+        # XLA's GPU/TPU convolutions and dots take any layout.
+        return ConvForms(
+            grouped_conv=functools.partial(_grouped_conv_native, groups=groups,
+                                           precision=precision),
+            shared_conv=functools.partial(_shared_conv, precision=precision, form="native"),
+            matmul=functools.partial(jnp.einsum, "...nj,...jd->...nd", precision=precision),
+            transpose=functools.partial(jnp.swapaxes, axis1=-1, axis2=-2),
+            shared_form="native")
+    grouped = (_grouped_conv_taps if groups <= _MAX_LOOPED_GROUPS else _grouped_conv_im2col)
+    form = ("taps" if conv_strategy == "taps2d"
+            else _shared_conv_form(int(frame_hw[0]), int(frame_hw[1]), kernel_size))
+    return ConvForms(
+        grouped_conv=functools.partial(grouped, groups=groups, precision=precision),
+        shared_conv=functools.partial(_shared_conv, precision=precision, form=form),
+        matmul=_pmm, transpose=_t, shared_form=form)
+
+
+def _shared_conv_form(h: int, w: int, kernel_size: Sequence[int]) -> str:
+    """How the CPU path evaluates the shared H2/G convolution on h×w frames.
+
+    'frame': frames no larger than the kernel window: the whole 2-D convolution is
+    one matmul with a dense (h·w·kT) × (h·w·F) banded matrix (<= ~2x the useful
+    multiply-adds).  'row': w <= 2·kW: the kH row offsets are stacked and the W
+    axis becomes a banded (kH·w·kT) × (w·F) matrix.  'taps': larger frames, a 2-D
+    convolution over the temporal taps.  Measured fwd+bwd on 2 CPU cores, 5×7×7
+    kernel: 7×7 frames 117 -> 27 ms ('frame'), 14×14 116 -> 60 ms ('row');
+    at 28×28 and above the convolution is faster.
+    """
+    if h * w <= kernel_size[1] * kernel_size[2]:
+        return "frame"
+    return "row" if w <= 2 * kernel_size[2] else "taps"
+
+
+# --- Convolutions -------------------------------------------------------------
+
+def _conv3d_native(x, w, precision, groups=1):
+    """Zero-padded 'same' 3-D cross-correlation, (B,T,H,W,C) * (kT,kH,kW,I,O)."""
+    pad = [(k // 2, k // 2) for k in w.shape[:3]]
+    return lax.conv_general_dilated(
+        x, w, (1, 1, 1), pad, dimension_numbers=("NTHWC", "THWIO", "NTHWC"),
+        feature_group_count=groups, precision=precision)
+
+
+def _temporal_taps(x: jax.Array, kt: int) -> jax.Array:
+    """(N, T, H, W) -> (N·T, H, W, kT): the kT zero-padded temporal neighbours."""
+    n, t, h, w = x.shape
+    xp = jnp.pad(x, ((0, 0), (kt // 2, kt // 2), (0, 0), (0, 0)))
+    return jnp.stack([xp[:, a:a + t] for a in range(kt)], axis=-1).reshape(n * t, h, w, kt)
+
+
+def _conv2d_taps(taps, w, precision):
+    """taps (N·T, H, W, kT) * w (kT, kH, kW, F) -> (N·T, H, W, F)."""
+    kh, kw = w.shape[1:3]
+    return lax.conv_general_dilated(
+        taps, jnp.transpose(w, (1, 2, 0, 3)), (1, 1), [(kh // 2,) * 2, (kw // 2,) * 2],
+        dimension_numbers=("NHWC", "HWIO", "NHWC"), precision=precision)
+
+
+def _band(n: int, k: int):
+    """Kernel tap linking input q to output p of a 'same' 1-D conv (size n, kernel k),
+    as clipped indices [q, p] and a validity mask."""
+    d = np.arange(n)[:, None] - np.arange(n)[None, :] + k // 2
+    return np.clip(d, 0, k - 1), (d >= 0) & (d < k)
+
+
+def _banded_matmul(taps, bank, precision, form):
+    """The 'same' 2-D convolution of `taps` (N, H, W, kT) with `bank` (kT, kH, kW, F) as
+    one matmul with a banded weight matrix: over whole frames ('frame') or over the W
+    axis of kH stacked row offsets ('row').  Returns (N·H·W, F)."""
+    _, h, w, kt = taps.shape
+    kh, kw = bank.shape[1:3]
+    iw, okw = _band(w, kw)
+    zero = jnp.zeros((), bank.dtype)
+    if form == "frame":  # mat[(qh, qw, a), (ph, pw, f)] = bank[a, qh-ph+kh//2, qw-pw+kw//2, f]
+        ih, okh = _band(h, kh)
+        m = bank[:, ih[:, None, :, None], iw[None, :, None, :]]  # (kT, qh, qw, ph, pw, F)
+        ok = okh[:, None, :, None] & okw[None, :, None, :]
+        mat = jnp.moveaxis(jnp.where(ok[None, ..., None], m, zero), 0, 2)
+        rows = taps.reshape(-1, h * w * kt)
+    else:  # 'row': mat[(i, qw, a), (pw, f)] = bank[a, i, qw-pw+kw//2, f]; rows stack kH offsets
+        m = jnp.where(okw[None, None, :, :, None], bank[:, :, iw], zero)  # (kT,kH,qw,pw,F)
+        mat = jnp.transpose(m, (1, 2, 0, 3, 4))
+        tp = jnp.pad(taps, ((0, 0), (kh // 2, kh // 2), (0, 0), (0, 0)))
+        rows = jnp.stack([tp[:, i:i + h] for i in range(kh)], axis=2)  # (N, H, kH, W, kT)
+        rows = rows.reshape(-1, kh * w * kt)
+    return jnp.dot(rows, mat.reshape(rows.shape[1], -1), precision=precision)
+
+
+def _shared_conv(v, bank, precision, form):
+    """Applies one single-channel filter bank to every channel of v.
+
+    v (B,T,H,W,C), bank (kT,kH,kW,1,F) -> (B,T,H,W,C,F).  Channels move into the
+    batch so that one ungrouped operation serves them all: a lax 3-D convolution
+    ('native'), a 2-D convolution over the temporal taps ('taps'), or one matmul
+    with a banded weight matrix ('frame' / 'row', see `_shared_conv_form`).
+    """
+    b, t, h, w, c = v.shape
+    vb = jnp.moveaxis(v, -1, 1).reshape(b * c, t, h, w)
+    if form == "native":
+        out = _conv3d_native(vb[..., None], bank, precision)
+    else:
+        taps, bank2d = _temporal_taps(vb, bank.shape[0]), bank[:, :, :, 0]
+        out = (_conv2d_taps(taps, bank2d, precision) if form == "taps"
+               else _banded_matmul(taps, bank2d, precision, form))
+    return jnp.moveaxis(out.reshape(b, c, t, h, w, -1), 1, 4)
+
+
+def _grouped_conv_native(k, h1, groups, precision):
+    """Grouped conv H1 as one lax grouped 3-D convolution -> (B,T,H,W,dk,dd)."""
+    r = _conv3d_native(k, h1, precision, groups=groups)
+    return r.reshape(r.shape[:-1] + (groups, h1.shape[-1] // groups))
+
+
+def _grouped_conv_taps(k, h1, groups, precision):
+    """Grouped conv H1 (groups = dk, dd filters each) as one 2-D conv per group.
+
+    k (B,T,H,W,dk), h1 (kT,kH,kW,1,dk·dd) -> (B,T,H,W,dk,dd).  A Python loop of
+    dense convolutions: XLA:CPU's grouped-convolution gradient is ~30x slower.
+    """
+    b, t, h, w, dk = k.shape
+    dd = h1.shape[-1] // groups
+    outs = []
+    for j in range(groups):
+        taps = _temporal_taps(k[..., j], h1.shape[0])
+        outs.append(_conv2d_taps(taps, h1[:, :, :, 0, j * dd:(j + 1) * dd], precision))
+    return jnp.stack(outs, axis=-2).reshape(b, t, h, w, dk, dd)
+
+
+def _grouped_conv_im2col(k, h1, groups, precision):
+    """Grouped conv H1 as a batched matmul over channel-major windows.
+
+    k (B,T,H,W,dk), h1 (kT,kH,kW,1,dk·dd) -> (B,T,H,W,dk,dd).
+    """
+    b, t, h, w, dk = k.shape
+    ks = h1.shape[:3]
+    m = int(np.prod(ks))
+    dd = h1.shape[-1] // groups
+    kc = jnp.pad(jnp.moveaxis(k, -1, 0),
+                 ((0, 0), (0, 0)) + tuple((s // 2, s // 2) for s in ks))
+    win = jnp.stack([kc[:, :, a:a + t, c:c + h, e:e + w] for a in range(ks[0])
+                     for c in range(ks[1]) for e in range(ks[2])], axis=-1)
+    r = jnp.einsum("jnm,jmd->jnd", win.reshape(dk, -1, m),
+                   h1.reshape(m, dk, dd).transpose(1, 0, 2), precision=precision)
+    return jnp.moveaxis(r, 0, 1).reshape(b, t, h, w, dk, dd)
+
+
+# --- Per-position products on XLA:CPU -------------------------------------------
+
+def _t(x: jax.Array) -> jax.Array:
+    """Swaps the last two axes in memory (the barrier keeps XLA from folding the
+    transpose into a following dot, whose CPU kernel is ~7x slower when the lhs
+    contraction axis is not the minor one)."""
+    return lax.optimization_barrier(jnp.swapaxes(x, -1, -2))
+
+
+@jax.custom_vjp
+def _pmm(a: jax.Array, b: jax.Array) -> jax.Array:
+    """Per-position matrix product (..., n, j) @ (..., j, d) -> (..., n, d).
+
+    Batched small matmuls are fast on XLA:CPU only when the lhs contracts its
+    minor axis; autodiff of an einsum produces the other kind for one of the two
+    gradients, so the backward pass transposes that operand explicitly.
+    """
+    return jnp.einsum("...nj,...jd->...nd", a, b)
+
+
+def _pmm_fwd(a, b):
+    return _pmm(a, b), (a, b)
+
+
+def _pmm_bwd(res, g):
+    a, b = res
+    return jnp.einsum("...nd,...jd->...nj", g, b), _pmm(_t(a), g)
+
+
+_pmm.defvjp(_pmm_fwd, _pmm_bwd)
