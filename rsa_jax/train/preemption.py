@@ -7,7 +7,7 @@ answer the same way at the same step, or one host would wait forever in the
 next collective while the others checkpoint. Agreement comes from JAX's
 coordination service (host RPCs only, no device work, so it does not stall the
 asynchronous dispatch of the next step): a signalled host sets the key
-``rsa_jax/stop/<step>`` before a barrier named after the step, and every host
+``rsa_jax:stop:<step>`` before a barrier named after the step, and every host
 reads the key after it. JAX's own notice
 (``multihost_utils.reached_preemption_sync_point``) is honoured as well.
 
@@ -28,6 +28,8 @@ from collections.abc import Iterator, Sequence
 import jax
 from jax.experimental import multihost_utils
 
+from rsa_jax import parallel
+
 # 128 + SIGTERM: what a scheduler (SLURM, Kubernetes) reports for a terminated
 # job, and distinct from success (0) and from a failed run (1).
 EXIT_CODE = 143
@@ -43,11 +45,6 @@ class Preempted(Exception):
         super().__init__(
             f"{reason}: stopped at step {step}; checkpoint saved to "
             f"{os.path.join(directory, str(step))}; rerun the same command to resume")
-
-
-def _coordination_client():
-    from jax._src import distributed  # the only handle on the coordination service
-    return distributed.global_state.client
 
 
 class PreemptionGuard:
@@ -134,10 +131,10 @@ class PreemptionGuard:
             return False
 
     def _agree(self, step: int) -> bool:
-        client = _coordination_client()
+        client = parallel.distributed_client()
         if client is None:   # several processes without jax.distributed: cannot agree
             return self._signum is not None
-        key = f"rsa_jax/stop/{step}"
+        key = f"rsa_jax:stop:{step}"
         if self._signum is not None:
             client.key_value_set(key, str(jax.process_index()), allow_overwrite=True)
         # Every host that will set the key for this step has set it before it

@@ -64,7 +64,8 @@ def create_writer(workdir: str) -> metric_writers.MetricWriter:
     if not main:
         return default
     os.makedirs(workdir, exist_ok=True)
-    return metric_writers.MultiWriter([default, JsonlWriter(os.path.join(workdir, "metrics.jsonl"))])
+    jsonl = JsonlWriter(os.path.join(workdir, "metrics.jsonl"))
+    return metric_writers.MultiWriter([default, jsonl])
 
 
 def flat_hparams(config: Any) -> dict[str, Any]:
