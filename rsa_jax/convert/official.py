@@ -1,6 +1,6 @@
 """Official RSA/TSN checkpoints <-> Flax `ResNetTSN` variables.
 
-Key mapping, config inference from shapes, strict loading and the orbax output of
+Key mapping, strict loading (one-line errors naming the cause) and the orbax output of
 ``python -m rsa_jax.convert official`` (docs/converting.md,
 docs/method.md#checkpoint-format).
 
@@ -236,7 +236,7 @@ def state_dict_to_variables(state_dict: Mapping[str, Any], model) -> dict:
     return {col: _unflatten(flat) for col, flat in out.items()}
 
 
-# --- Config inference, loading and orbax output ----------------------------
+# --- Loading and orbax output (config inference: infer.py) ------------------
 
 def load_official_checkpoint(path: str, num_segments: int | None = None,
                              trust_pickle: bool = False, **overrides):
