@@ -2,7 +2,8 @@
 
 * `torch_io` — reading `.pth(.tar)` / `.npz` files safely (`read_state_dict`);
 * `rsa_layer` — one official RSA layer's parameters <-> the Flax `RSA` module's;
-* `official` — whole official checkpoints: keys, config inference, orbax output;
+* `infer` — official keys: normalisation and config inference (RSA-layer majority);
+* `official` — whole official checkpoints: key mapping, strict loading, orbax output;
 * `torchvision` — ImageNet ResNet inflation and merging into fresh variables;
 * `__main__` — the ``python -m rsa_jax.convert`` command line.
 

@@ -18,6 +18,31 @@ from rsa_jax.convert.torchvision import torchvision_to_backbone
 from rsa_jax.models import default_model_config
 
 
+def read_model_config(value: str) -> dict:
+    """``--model_config``: a JSON file's path, or inline JSON; a JSON object either way.
+
+    Raises:
+      CheckpointError: naming the file (or the inline text) and the JSON problem.
+    """
+    if os.path.isfile(value):
+        where = value
+        with open(value) as f:
+            text = f.read()
+    elif value.lstrip().startswith("{"):
+        where, text = "inline --model_config", value
+    else:
+        raise CheckpointError(f"--model_config {value!r}: no such file, and not inline "
+                              "JSON (which starts with '{')")
+    try:
+        cfg = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{where}: not valid JSON: {e}") from e
+    if not isinstance(cfg, dict):
+        raise CheckpointError(f"{where}: expected a JSON object of model config fields, "
+                              f"got {type(cfg).__name__}")
+    return cfg
+
+
 def main(argv: list[str] | None = None) -> int:
     """Runs the converter CLI; returns the process exit code (2 on a bad input)."""
     parser = argparse.ArgumentParser(
@@ -36,7 +61,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("input")
     p.add_argument("out_dir")
     p.add_argument("--model_config", default=None,
-                   help="JSON model config (default: the paper's RSA-R50)")
+                   help="model config fields: a JSON file path, or inline JSON "
+                        "(default: the paper's RSA-R50)")
     p.add_argument("--depth", type=int, default=None)
     p.add_argument("--backbone", default=None, choices=("rsa", "tsn2d", "tsn3d"))
     p.add_argument("--overwrite", action="store_true")
@@ -49,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             cfg = default_model_config()
             if args.model_config:
-                cfg.update(json.loads(args.model_config))
+                cfg.update(read_model_config(args.model_config))
             for k in ("depth", "backbone"):
                 if getattr(args, k) is not None:
                     cfg[k] = getattr(args, k)
@@ -58,8 +84,9 @@ def main(argv: list[str] | None = None) -> int:
             _save_orbax(args.out_dir, variables, cfg,
                         dict(source=os.path.abspath(args.input), kind="torchvision"),
                         args.overwrite)
-    except (CheckpointError, FileNotFoundError, FileExistsError, ImportError) as e:
-        print(f"error: {e}", file=sys.stderr)
+    except (ValueError, OSError, ImportError) as e:
+        # CheckpointError is a ValueError; so are bad model config values (build_model).
+        print("error: " + " ".join(str(e).split()), file=sys.stderr)
         return 2
     print(json.dumps({"out_dir": os.path.abspath(args.out_dir), "model_config": cfg}))
     return 0

@@ -1,6 +1,6 @@
 """Official RSA/TSN checkpoints <-> Flax `ResNetTSN` variables.
 
-Key mapping, config inference from shapes, strict loading and the orbax output of
+Key mapping, strict loading (one-line errors naming the cause) and the orbax output of
 ``python -m rsa_jax.convert official`` (docs/converting.md,
 docs/method.md#checkpoint-format).
 
@@ -22,32 +22,36 @@ from __future__ import annotations
 import json
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from rsa_jax.convert.infer import (
+    _RSA_KEY,
+    LEGACY_RSA_NAMES,
+    infer_model_config,
+    normalize_official_keys,
+    rsa_layers,
+)
 from rsa_jax.convert.rsa_layer import (
-    _rsa_expected_torch_shapes,
     conv3d_weight_from_torch,
     conv3d_weight_to_torch,
     rsa_layer_params_from_torch,
     rsa_layer_params_to_torch,
 )
 from rsa_jax.convert.torch_io import CheckpointError, read_state_dict
-from rsa_jax.models import STAGE_BLOCKS, build_model, default_model_config
+from rsa_jax.models import build_model
 
 _BN_LEAF = {"scale": "weight", "bias": "bias", "mean": "running_mean", "var": "running_var"}
 _RSA_LEAF = {"projection": "projection.weight", "H1": "H1.weight", "H2": "H2.weight",
              "G": "G.weight", "P1": "P1", "I": "I"}
-# Older module names of the logged runs (docs/method.md#parameter-names): RelationInvolution's
-# E_conv/E_feat/E_feat_2 are the released H1/H2/G (H2/G by registration order).
-LEGACY_RSA_NAMES = {"E_conv": "H1", "E_feat": "H2", "E_feat_2": "G"}
-_OPTIONAL_SUFFIX = ".num_batches_tracked"
-# The classifier of a dropout-0 official model (TSN._prepare_tsn, dropout == 0).
-_FC1_AS_NEW_FC = {"base_model.fc1.weight": "new_fc.weight", "base_model.fc1.bias": "new_fc.bias"}
+__all__ = ["LEGACY_RSA_NAMES", "infer_model_config", "normalize_official_keys",
+           "load_official_checkpoint", "official_to_orbax", "state_dict_to_variables",
+           "variables_to_state_dict"]
+_SHOW = 3  # keys listed per kind of problem; the count says how many more
 
 
 def _flatten(tree: Mapping, prefix: tuple = ()) -> dict[tuple, Any]:
@@ -136,53 +140,78 @@ def _expected_shapes(model) -> dict[str, tuple]:
 
 
 def _check_keys(found: Mapping[str, tuple], expected: Mapping[str, tuple], what: str,
-                optional: set = frozenset()) -> None:
+                optional: set = frozenset(),
+                explain: Callable[[str, str], str] | None = None,
+                show: Callable[[str], str] = str) -> None:
+    """Raises one `CheckpointError` line naming every problem, the first one first.
+
+    ``explain(kind, key)`` adds a cause to a key ('' for none); ``show`` spells a
+    key as the user's file does (e.g. with its `module.` prefix).
+    """
     missing = sorted(k for k in expected if k not in found and k not in optional)
     unexpected = sorted(k for k in found if k not in expected)
-    bad = sorted(f"{k}: {tuple(found[k])} (expected {tuple(expected[k])})"
-                 for k in expected if k in found and tuple(found[k]) != tuple(expected[k]))
-    if missing or unexpected or bad:
-        lines = [f"{what} does not match the model; nothing was loaded."]
-        for title, items in (("missing", missing), ("unexpected", unexpected),
-                             ("mis-shaped", bad)):
-            if items:
-                lines.append(f"  {len(items)} {title}: " + ", ".join(items))
-        raise CheckpointError("\n".join(lines))
+    bad = sorted(k for k in expected if k in found and tuple(found[k]) != tuple(expected[k]))
+    if not (missing or unexpected or bad):
+        return
+    note = explain or (lambda kind, key: "")
+    # Causes go inside the key's parentheses, so that ', ' only separates keys.
+    fmt = {"missing": lambda k, n: f"{show(k)} (expected {tuple(expected[k])}{n})",
+           "unexpected": lambda k, n: f"{show(k)} (shape {tuple(found[k])}{n})",
+           "mis-shaped": lambda k, n: f"{show(k)}: {tuple(found[k])} "
+                                      f"(expected {tuple(expected[k])}{n})"}
+    parts = []
+    for kind, keys in (("missing", missing), ("unexpected", unexpected), ("mis-shaped", bad)):
+        if keys:
+            listed = ", ".join(fmt[kind](k, note(kind, k)) for k in keys[:_SHOW])
+            more = f" and {len(keys) - _SHOW} more" if len(keys) > _SHOW else ""
+            parts.append(f"{len(keys)} {kind}: {listed}{more}")
+    raise CheckpointError(f"{what} does not match the model; nothing was loaded: "
+                          + "; ".join(parts))
 
 
-def normalize_official_keys(state_dict: Mapping[str, Any]) -> dict[str, np.ndarray]:
-    """Strips `module.`, renames legacy RSA modules and a dropout-0 model's classifier
-    `base_model.fc1.*` to `new_fc.*`, drops `num_batches_tracked`.
+def _official_explainer(state_dict: Mapping[str, Any], sd: Mapping[str, np.ndarray],
+                        model) -> Callable[[str, str], str]:
+    """Causes for the strict check of an official state dict: which RSA layers agree."""
+    layers = rsa_layers(sd)
+    legacy = {v: k for k, v in LEGACY_RSA_NAMES.items()}
+    uses_legacy = any(k.split(".")[-2] in LEGACY_RSA_NAMES for k in state_dict if "." in k)
+    rsa = dict(model.rsa) if model.backbone == "rsa" else {}
+    types = f"kernel_type {rsa.get('kernel_type')}, context_type {rsa.get('context_type')}"
 
-    Raises:
-      CheckpointError: two keys that name the same entry after renaming.
-    """
-    out = {}
-    for key, v in state_dict.items():
-        k = key[len("module."):] if key.startswith("module.") else key
-        if k.endswith(_OPTIONAL_SUFFIX):
-            continue
-        k = _FC1_AS_NEW_FC.get(k, k)
-        parts = k.split(".")
-        parts = [LEGACY_RSA_NAMES.get(p, p) if i == len(parts) - 2 else p
-                 for i, p in enumerate(parts)]
-        k = ".".join(parts)
-        if k in out:
-            raise CheckpointError(f"key {key!r} collides with another entry after "
-                                  f"renaming to {k!r}")
-        out[k] = np.asarray(v)
-    return out
+    def explain(kind: str, key: str) -> str:
+        if key.startswith("new_fc.") and kind == "mis-shaped":
+            return (f"; the file has {sd[key].shape[0]} classes, the model "
+                    f"{model.num_classes}")
+        m = _RSA_KEY.match(key)
+        if not m or kind == "mis-shaped":
+            return ""
+        blk, name = m.groups()
+        others = [f for b, f in layers.items() if b != blk]
+        have = sum(name in f for f in others)
+        old = legacy.get(name.split(".")[0])
+        alias = f" (named {old}.weight in this file's older naming)" if uses_legacy and old \
+            else ""
+        if kind == "missing":
+            return (f"{alias}; RSA layer {blk}.conv2 lacks it, {have} of the other "
+                    f"{len(others)} RSA layers have it; {types}")
+        return (f"; {len(others) - have} of the other {len(others)} RSA layers lack it, "
+                f"so the model has none: {types}")
+    return explain
 
 
 def state_dict_to_variables(state_dict: Mapping[str, Any], model) -> dict:
     """Official state dict -> Flax variables of ``model``, strictly.
 
     Raises:
-      CheckpointError: listing every missing, unexpected and mis-shaped key.
+      CheckpointError: one line naming every missing, unexpected and mis-shaped key,
+        with its cause where one is known (e.g. the other RSA layers' tensors).
     """
     sd = normalize_official_keys(state_dict)
     expected = _expected_shapes(model)
-    _check_keys({k: v.shape for k, v in sd.items()}, expected, "checkpoint state_dict")
+    prefix = "module." if any(str(k).startswith("module.") for k in state_dict) else ""
+    _check_keys({k: v.shape for k, v in sd.items()}, expected, "checkpoint state_dict",
+                explain=_official_explainer(state_dict, sd, model),
+                show=lambda k: prefix + k)
     abstract = _abstract_variables(model)
     out = {}
     for col in ("params", "batch_stats"):
@@ -207,102 +236,7 @@ def state_dict_to_variables(state_dict: Mapping[str, Any], model) -> dict:
     return {col: _unflatten(flat) for col, flat in out.items()}
 
 
-# --- Config inference, loading and orbax output ----------------------------
-
-def _solve_rsa_heads(sd: Mapping[str, np.ndarray], rsa_blocks: list[str],
-                     planes: Mapping[str, int], base: dict) -> dict:
-    """Finds num_heads (and explicit dims if needed) matching every RSA layer."""
-    # Sizes come from the first RSA layer; the strict key check that follows then
-    # reports any other layer that disagrees, key by key.
-    def fits(cfg):
-        for blk in rsa_blocks[:1]:
-            prefix = f"{blk}.conv2."
-            found = {k[len(prefix):]: tuple(v.shape) for k, v in sd.items()
-                     if k.startswith(prefix)}
-            d_in = found.get("projection.weight", (0, 0))[1]
-            try:
-                exp = _rsa_expected_torch_shapes(d_in, dict(cfg, features=planes[blk]))
-            except ValueError:
-                return False
-            if exp != found:
-                return False
-        return True
-
-    first = f"{rsa_blocks[0]}.conv2."
-    d_hid = sd[first + "projection.weight"].shape[0]
-    for nh in range(1, d_hid + 1):
-        cfg = dict(base, num_heads=nh, key_dim=None, value_dim=None, latent_dim=None)
-        if fits(cfg):
-            return cfg
-    # Explicit (non-default) sizes, read from the first layer's shapes.
-    dd = sd[first + "H2.weight"].shape[0]
-    dk = (sd[first + "H1.weight"].shape[0] // dd if first + "H1.weight" in sd else dd)
-    dv = sd[first + "G.weight"].shape[0] if first + "G.weight" in sd else None
-    for nh in range(1, d_hid + 1):
-        dv_ = dv or d_hid - nh * dk - (0 if base["kernel_type"] == "V" else dk)
-        cfg = dict(base, num_heads=nh, key_dim=dk, value_dim=dv_, latent_dim=dd)
-        if dv_ > 0 and fits(cfg):
-            return cfg
-    raise CheckpointError(f"cannot infer RSA head sizes from {first}* shapes "
-                          f"{ {k: v.shape for k, v in sd.items() if k.startswith(first)} }")
-
-
-def infer_model_config(state_dict: Mapping[str, Any]) -> dict:
-    """Model config (see `rsa_jax.models.build_model`) read off a state dict's shapes.
-
-    Depth, width, class count, backbone, RSA positions, kernel size, kernel and
-    context types and head sizes are inferred; dropout and stochastic depth
-    (training-only) take the paper's values, except that a `base_model.fc1`
-    classifier means dropout 0.
-
-    Raises:
-      CheckpointError: keys or shapes that no supported model has.
-    """
-    sd = normalize_official_keys(state_dict)
-    if "base_model.conv1.weight" not in sd or "new_fc.weight" not in sd:
-        raise CheckpointError(
-            "not an official RSA/TSN state dict: expected keys 'module.base_model.conv1.weight' "
-            "and 'module.new_fc.weight' (or 'module.base_model.fc1.weight' for dropout 0); "
-            f"first keys found: {list(state_dict)[:8]}")
-    counts = [0, 0, 0, 0]
-    for k in sd:
-        m = re.match(r"base_model\.layer([1-4])\.(\d+)\.", k)
-        if m:
-            s, b = int(m.group(1)) - 1, int(m.group(2))
-            counts[s] = max(counts[s], b + 1)
-    kind = "bottleneck" if "base_model.layer1.0.conv3.weight" in sd else "basic"
-    depth = [d for d, (kd, c) in STAGE_BLOCKS.items() if kd == kind and list(c) == counts]
-    if not depth:
-        raise CheckpointError(f"blocks per stage {counts} ({kind} blocks) match no "
-                              f"ResNet depth {sorted(STAGE_BLOCKS)}")
-    cfg = default_model_config()
-    cfg.update(depth=depth[0], width=int(sd["base_model.conv1.weight"].shape[0]),
-               num_classes=int(sd["new_fc.weight"].shape[0]))
-    if any(k.removeprefix("module.") in _FC1_AS_NEW_FC for k in state_dict):
-        cfg["dropout"] = 0.0  # an fc1 classifier means the model was built with dropout 0
-    rsa_blocks, positions = [], [[], [], [], []]
-    for s in range(4):
-        for b in range(counts[s]):
-            if f"base_model.layer{s + 1}.{b}.conv2.projection.weight" in sd:
-                rsa_blocks.append(f"base_model.layer{s + 1}.{b}")
-                positions[s].append(b)
-    planes = {blk: int(sd[blk + ".conv1.weight"].shape[0]) for blk in rsa_blocks
-              if blk + ".conv1.weight" in sd}
-    if rsa_blocks:
-        first = rsa_blocks[0] + ".conv2."
-        if first + "H2.weight" not in sd:
-            raise CheckpointError(f"RSA layer {first[:-1]} has no H2.weight (or E_feat)")
-        kt = ("VplusR" if first + "P1" in sd else "R" if first + "H1.weight" in sd else "V")
-        ct = ("VplusR" if first + "I" in sd else "R" if first + "G.weight" in sd else "V")
-        base = dict(kernel_size=[int(k) for k in sd[first + "H2.weight"].shape[2:]],
-                    kernel_type=kt, context_type=ct, implementation="conv")
-        cfg["rsa"] = _solve_rsa_heads(sd, rsa_blocks, planes, base)
-        cfg["backbone"], cfg["rsa_positions"] = "rsa", positions
-    else:
-        mid = sd["base_model.layer1.0.conv2.weight"].shape
-        cfg["backbone"] = "tsn3d" if mid[2] > 1 else "tsn2d"
-    return cfg
-
+# --- Loading and orbax output (config inference: infer.py) ------------------
 
 def load_official_checkpoint(path: str, num_segments: int | None = None,
                              trust_pickle: bool = False, **overrides):

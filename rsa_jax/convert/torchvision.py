@@ -14,8 +14,8 @@ from typing import Any
 import jax.numpy as jnp
 import numpy as np
 
+from rsa_jax.convert.infer import _OPTIONAL_SUFFIX, resnet_layout
 from rsa_jax.convert.official import (
-    _OPTIONAL_SUFFIX,
     _abstract_variables,
     _check_keys,
     _expected_shapes,
@@ -27,7 +27,7 @@ from rsa_jax.convert.official import (
 )
 from rsa_jax.convert.rsa_layer import conv3d_weight_from_torch
 from rsa_jax.convert.torch_io import CheckpointError, read_state_dict
-from rsa_jax.models import _to_plain, build_model
+from rsa_jax.models import STAGE_BLOCKS, _to_plain, build_model
 
 
 def torchvision_to_backbone(state_dict_or_path: Any, model_cfg: Any,
@@ -43,7 +43,8 @@ def torchvision_to_backbone(state_dict_or_path: Any, model_cfg: Any,
     combine with `merge_pretrained(fresh_variables, this)`.
 
     Raises:
-      CheckpointError: listing missing, unexpected or mis-shaped keys.
+      CheckpointError: a file of another depth or width than the model (one line
+        saying so), or one line listing missing, unexpected or mis-shaped keys.
     """
     model = build_model(model_cfg)
     if isinstance(state_dict_or_path, (str, os.PathLike)):
@@ -51,6 +52,7 @@ def torchvision_to_backbone(state_dict_or_path: Any, model_cfg: Any,
     else:
         sd = {k: np.asarray(v) for k, v in state_dict_or_path.items()}
     sd = {k: v for k, v in sd.items() if not k.endswith(_OPTIONAL_SUFFIX)}
+    _check_architecture(sd, model)
     # What torchvision's file holds for this depth: the plain model's keys, 2-D.
     plain = build_model(dict(_cfg_dict(model_cfg), backbone="tsn2d"))
     expected = {}
@@ -114,3 +116,21 @@ def merge_pretrained(fresh_variables: Mapping, pretrained_variables: Mapping) ->
 
 def _cfg_dict(model_cfg: Any) -> dict:
     return dict(_to_plain(model_cfg))
+
+
+def _check_architecture(sd: Mapping[str, Any], model) -> None:
+    """A whole file of another depth / width is one cause, not hundreds of bad keys."""
+    kind, counts, depth = resnet_layout(sd)
+    if depth is not None and depth != model.depth:
+        per_stage = STAGE_BLOCKS[model.depth][1]
+        gap = sum(abs(a - b) for a, b in zip(counts, per_stage))
+        raise CheckpointError(
+            f"torchvision state dict: ResNet-{depth} file, depth-{model.depth} model "
+            f"(blocks per stage {counts} vs {list(per_stage)}: {gap} blocks missing or "
+            f"extra); pass --depth {depth} (Python: model_cfg['depth'] = {depth})")
+    stem = sd.get("conv1.weight")
+    if depth is not None and stem is not None and np.shape(stem)[0] != model.width:
+        raise CheckpointError(
+            f"torchvision state dict: width-{np.shape(stem)[0]} file (conv1.weight "
+            f"{tuple(np.shape(stem))}), width-{model.width} model; set the model's width "
+            f"to {np.shape(stem)[0]} (--model_config '{{\"width\": {np.shape(stem)[0]}}}')")
