@@ -22,6 +22,7 @@ from absl import logging
 from rsa_jax import parallel
 from rsa_jax.data import pipeline
 from rsa_jax.models import build_model
+from rsa_jax.train import capacity, mfu as mfu_lib
 from rsa_jax.train import evaluate as eval_lib
 from rsa_jax.train import optim, step as step_lib
 from rsa_jax.train.checkpoint import Checkpointer, abstract_like
@@ -225,6 +226,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                               if isinstance(v, (int, float, str, bool))})
     logging.info("%d train videos, %d steps/epoch, %d steps of %d clips", n_train,
                  steps_per_epoch, num_steps, config.global_batch_size)
+    meter = mfu_lib.meter_for_run(config)
+    capacity.check_run(config, meter, jax.process_index(), jax.process_count())
 
     acc, last, eval_metrics, best = None, None, {}, {}
     t0, t_step = time.time(), start
@@ -236,7 +239,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         acc = last if acc is None else acc.merge(last)
         is_last = step == num_steps
         if step % config.log_every_steps == 0 or is_last:
-            _log_train(config, writer, ckpt, acc, step, num_steps, t0, t_step)
+            _log_train(config, writer, ckpt, acc, step, num_steps, t0, t_step, meter)
             acc, t0, t_step = None, time.time(), step
         is_eval = is_eval_step(step, num_steps, steps_per_epoch, config)
         if is_eval:
@@ -251,16 +254,20 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     return eval_metrics
 
 
-def _log_train(config, writer, ckpt, acc, step, num_steps, t0, t_step) -> None:
+def _log_train(config, writer, ckpt, acc, step, num_steps, t0, t_step, meter) -> None:
     summary = {k: float(v) for k, v in acc.compute().items()}
     _check_finite(summary["loss"], step, ckpt)
     dt = time.time() - t0
     rate = (step - t_step) * config.global_batch_size / dt
     eta = (num_steps - step) * dt / (step - t_step)
+    step_s = dt / (step - t_step)  # MFU of the interval (the first one includes compiling)
     writer.write_scalars(step, {f"train/{k}": v for k, v in summary.items()}
-                         | {"train/clips_per_s": rate})
+                         | {"train/clips_per_s": rate}
+                         | ({f"train/{k}": v for k, v in meter.scalars(step_s).items()}
+                            if meter else {}))
     if parallel.is_main_process():
-        print(_progress(step, num_steps, summary, rate, eta), flush=True)
+        print(_progress(step, num_steps, summary, rate, eta)
+              + (f"  {meter.format(step_s)}" if meter else ""), flush=True)
 
 
 def _check_finite(loss: float, step: int, ckpt: Checkpointer) -> None:
