@@ -26,13 +26,17 @@ def test_device_suite_smoke(tmp_path):
     assert parts[0] == "host" and parts[-1] == "done"
     layer = [rec for rec in summary if rec["part"] == "layer"]
     # Every implementation/strategy variant in both dtypes, each timed.
-    assert {(rec["dtype"], rec["implementation"], rec["conv_strategy"]) for rec in layer} == {
-        (d, i, s) for d in ("float32", "bfloat16")
-        for i, s in (("conv", "auto"), ("conv", "native"), ("conv", "taps2d"),
-                     ("patches", "auto"))}
+    assert {(rec["dtype"], rec["variant"]) for rec in layer} == {
+        (d, v) for d in ("float32", "bfloat16")
+        for v in ("conv/auto", "conv/native", "conv/taps2d", "patches/lax", "patches/stack")}
     assert all(rec["fwd_bwd_ms"] > 0 for rec in layer)
     tune = [rec for rec in summary if rec["part"] == "autotune"]
     assert [rec["dtype"] for rec in tune] == ["float32", "bfloat16"]
+    for rec in tune:  # every RSA layer shape of the train model, every candidate timed
+        assert len(rec["table"]) == 2
+        for e in rec["table"].values():
+            assert set(e["fwd_bwd_ms"]) == set(rec["candidates"])
+            assert e["fwd_bwd_ms"][e["choice"]] == min(e["fwd_bwd_ms"].values())
     train = [rec for rec in summary if rec["part"] == "train"]
     assert [rec["batch"] for rec in train] == [1, 2]  # --smoke caps the sweep at 2
     for rec in train:
