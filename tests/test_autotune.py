@@ -18,7 +18,7 @@ def _config(strategy="autotune"):
     import configs.synthetic as synthetic
     c = synthetic.get_config()
     c.data.num_frames = 2
-    c.data.image_size = 32
+    c.data.image_size = 16
     c.model.width = 8
     c.model.rsa_positions = [[1], [], [], [1]]         # two RSA layers of different shapes
     # 8 heads: dk = features / 8 stays small, so the per-group loops compile fast.
@@ -36,10 +36,10 @@ def _fake_timer(seconds: dict[tuple[str, str], float], calls: list):
 
 
 def test_layer_choice_and_encoding():
-    table = {"2x8x8x8->8/s1": "patches/stack", "2x1x1x64->64/s1": "conv/taps2d"}
+    table = {"2x4x4x8->8/s1": "patches/stack", "2x1x1x64->64/s1": "conv/taps2d"}
     s = autotune.encode(table)
     assert autotune.decode(s) == table
-    assert autotune.layer_choice("conv", s, "auto", "2x8x8x8->8/s1") == (
+    assert autotune.layer_choice("conv", s, "auto", "2x4x4x8->8/s1") == (
         "patches", "auto", "stack")
     assert autotune.layer_choice("conv", s, "auto", "2x1x1x64->64/s1") == (
         "conv", "taps2d", "auto")
@@ -52,9 +52,9 @@ def test_layer_choice_and_encoding():
 
 def test_picks_the_argmin_per_shape_and_caches(tmp_path):
     model = build_model(_config().model)
-    shape = (1, 2, 32, 32, 3)
+    shape = (1, 2, 16, 16, 3)
     keys = sorted(autotune.rsa_layer_inputs(model, shape))
-    assert keys == ["2x1x1x64->64/s1", "2x8x8x8->8/s1"]   # layer4_1 and layer1_1
+    assert keys == ["2x1x1x64->64/s1", "2x4x4x8->8/s1"]   # layer4_1 and layer1_1
     names = autotune.candidates("cpu")
     rng = np.random.default_rng(0)
     seconds = {(n, k): float(rng.uniform(1, 2)) for n in names for k in keys}
@@ -85,7 +85,7 @@ def test_real_timer_picks_a_real_candidate(tmp_path):
     def timer(name, key, fn):
         timed.append(name)
         return real(name, key, fn)
-    table = autotune.tune(model, (1, 2, 32, 32, 3), str(tmp_path / "a.json"), timer)
+    table = autotune.tune(model, (1, 2, 16, 16, 3), str(tmp_path / "a.json"), timer)
     assert set(timed) == set(autotune.candidates())
     for e in table.values():
         assert e["choice"] in autotune.candidates()
@@ -96,15 +96,15 @@ def test_real_timer_picks_a_real_candidate(tmp_path):
 
 def test_autotuned_model_equals_the_default_model(tmp_path):
     # Force choices away from the default ('conv/auto') so the graphs differ.
-    keys = ["2x1x1x64->64/s1", "2x8x8x8->8/s1"]
-    forced = {"2x8x8x8->8/s1": "patches/stack", "2x1x1x64->64/s1": "conv/native"}
+    keys = ["2x1x1x64->64/s1", "2x4x4x8->8/s1"]
+    forced = {"2x4x4x8->8/s1": "patches/stack", "2x1x1x64->64/s1": "conv/native"}
     seconds = {(n, k): (0.0 if forced[k] == n else 1.0)
                for n in autotune.candidates() for k in keys}
     tuned_cfg = autotune.resolve_config(_config(), str(tmp_path), _fake_timer(seconds, []))
     assert autotune.decode(tuned_cfg.model.rsa.conv_strategy) == forced
     assert (tmp_path / autotune.CACHE_FILE).exists()
     default, tuned = build_model(_config("auto").model), build_model(tuned_cfg.model)
-    x = jax.random.normal(jax.random.PRNGKey(0), (2, 2, 32, 32, 3))
+    x = jax.random.normal(jax.random.PRNGKey(0), (2, 2, 16, 16, 3))
     variables = jax.jit(lambda x: default.init(jax.random.PRNGKey(1), x, train=False))(x)
     fd = jax.jit(lambda v: default.apply(v, x, train=False))
     ft = jax.jit(lambda v: tuned.apply(v, x, train=False))
