@@ -8,9 +8,9 @@ Parts, each record printed as one JSON line and appended to
 what it measured), with ``benchmarks/results/<device>.json`` rewritten after each:
 
 1. ``layer``: the RSA layer (paper layer-1 shape) for every implementation /
-   conv_strategy, float32 and bfloat16 (timers from bench_rsa_layer.py);
-2. ``autotune``: ``rsa_jax.layers.autotune`` when the library has it, otherwise
-   the fastest strategy per dtype from part 1;
+   conv_strategy / patch_op, float32 and bfloat16 (timers from bench_rsa_layer.py);
+2. ``autotune``: the table ``conv_strategy='autotune'`` builds for the train
+   part's model (every RSA layer shape, every candidate, fwd+bwd ms), per dtype;
 3. ``train``: RSA-R50 train step, 16 frames × 224² bfloat16, per-device batch
    1, 2, 4, ... until the device runs out of memory (or the time budget):
    clips/s, model TFLOP/s, MFU, compile seconds, compiled and peak memory;
@@ -43,19 +43,22 @@ if "--smoke" in sys.argv:
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_backend_optimization_"
                                "level=0 --xla_llvm_disable_expensive_passes=true").strip()
 
+import bench_rsa_layer  # noqa: E402  (benchmarks/ is on the path)
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-import bench_rsa_layer  # noqa: E402  (benchmarks/ is on the path)
 from configs import ssv2  # noqa: E402
 from rsa_jax import parallel  # noqa: E402
 from rsa_jax.layers import RSA  # noqa: E402
 from rsa_jax.models import build_model  # noqa: E402
-from rsa_jax.train import mfu as mfu_lib, optim, step as step_lib, train  # noqa: E402
+from rsa_jax.train import mfu as mfu_lib  # noqa: E402
+from rsa_jax.train import optim, train
+from rsa_jax.train import step as step_lib
 
-# Layer variants: (implementation, conv_strategy); see rsa_jax/layers/rsa.py.
-VARIANTS = (("conv", "auto"), ("conv", "native"), ("conv", "taps2d"), ("patches", "auto"))
+# Layer variants: (implementation, conv_strategy, patch_op); see rsa_jax/layers/rsa.py.
+VARIANTS = (("conv", "auto", "auto"), ("conv", "native", "auto"), ("conv", "taps2d", "auto"),
+            ("patches", "auto", "lax"), ("patches", "auto", "stack"))
 REMATS = ("none", "rsa", "block")
 
 
@@ -84,10 +87,10 @@ def layer_part(rec: Recorder, shape, kernel, repeats: int) -> None:
     """Forward and forward+backward time of every layer variant, f32 and bf16."""
     for dtype in ("float32", "bfloat16"):
         x = jax.random.normal(jax.random.key(0), shape, dtype)
-        for impl, strategy in VARIANTS:
+        for impl, strategy, patch_op in VARIANTS:
             model = RSA(features=shape[-1], num_heads=min(8, shape[-1] // 4 or 1),
                         kernel_size=kernel, implementation=impl, conv_strategy=strategy,
-                        dtype=jnp.dtype(dtype))
+                        patch_op=patch_op,                        dtype=jnp.dtype(dtype))
             params = model.init(jax.random.key(1), x)["params"]
             fwd = jax.jit(lambda p, x, m=model: m.apply({"params": p}, x))
             grad = jax.jit(jax.grad(lambda p, x, m=model: jnp.sum(
@@ -97,27 +100,25 @@ def layer_part(rec: Recorder, shape, kernel, repeats: int) -> None:
             fwd_s, _ = bench_rsa_layer._median_time(fwd, (params, x), repeats)
             fb_s, _ = bench_rsa_layer._median_time(grad, (params, x), repeats)
             rec.add({"part": "layer", "dtype": dtype, "implementation": impl,
-                     "conv_strategy": strategy, "shape": list(shape), "fwd_ms": 1e3 * fwd_s,
+                     "conv_strategy": strategy, "patch_op": patch_op,
+                     "variant": f"{impl}/{strategy if impl == 'conv' else patch_op}",
+                     "shape": list(shape), "fwd_ms": 1e3 * fwd_s,
                      "fwd_bwd_ms": 1e3 * fb_s, "fwd_bwd_compiled_mib": (
                          mem.temp_size_in_bytes + mem.argument_size_in_bytes
                          + mem.output_size_in_bytes - mem.alias_size_in_bytes) / 2**20})
 
 
-def autotune_part(rec: Recorder, shape, kernel) -> None:
-    """The library's autotuner if it exists, else the fastest variant timed in part 1."""
-    from rsa_jax import layers
-    if hasattr(layers, "autotune"):
-        for dtype in ("float32", "bfloat16"):
-            table = layers.autotune(shape=tuple(shape), kernel_size=tuple(kernel), dtype=dtype)
-            rec.add({"part": "autotune", "source": "rsa_jax.layers.autotune", "dtype": dtype,
-                     "table": table})
-        return
+def autotune_part(rec: Recorder, smoke: bool, frames: int, size: int) -> None:
+    """`rsa_jax.layers.autotune`'s table for the train part's model at batch 1."""
+    from rsa_jax.layers import autotune
+    model = build_model(train_config(smoke, frames, size).model)
     for dtype in ("float32", "bfloat16"):
-        rows = [r for r in rec.records if r["part"] == "layer" and r["dtype"] == dtype]
-        best = min(rows, key=lambda r: r["fwd_bwd_ms"])
-        rec.add({"part": "autotune", "source": "timed layer variants", "dtype": dtype,
-                 "fastest": f"{best['implementation']}/{best['conv_strategy']}",
-                 "fwd_bwd_ms": best["fwd_bwd_ms"]})
+        table = autotune.tune(model.clone(dtype=jnp.dtype(dtype)), (1, frames, size, size, 3))
+        print(autotune.format_table(table), flush=True)
+        rec.add({"part": "autotune", "dtype": dtype, "candidates": autotune.candidates(),
+                 "table": {k: {"choice": e["choice"],
+                               "fwd_bwd_ms": {n: 1e3 * t for n, t in e["seconds"].items()}}
+                           for k, e in table.items()}})
 
 
 def _is_oom(err: Exception) -> bool:
@@ -159,7 +160,8 @@ def time_step(c, state, train_fn, batch: int, steps: int, meter, mesh) -> tuple[
     step_s = statistics.median(times)
     stats = jax.devices()[0].memory_stats() or {}
     meter = dataclasses.replace(meter, flops_per_step=meter.flops_per_step * batch)
-    sig = lambda v: float(f"{v:.4g}")  # 4 significant digits: smoke sizes are tiny
+    def sig(v):
+        return float(f"{v:.4g}")  # 4 significant digits: smoke sizes are tiny
     return {"batch": batch, "compile_s": round(compile_s, 2), "step_s": sig(step_s),
             "clips_per_s": sig(batch / step_s),
             **{k: sig(v) for k, v in meter.scalars(step_s).items()},
@@ -241,7 +243,7 @@ def markdown(records: list[dict]) -> str:
                           f"{r['clips_per_s']} | {r['model_tflops_per_s']:.3g} | {mfu} | "
                           f"{r['compile_s']} | {r['temp_gib']} | {r['peak_gib']} |"))
     out += ["", "| layer | dtype | fwd ms | fwd+bwd ms | compiled MiB |", "|---|---|---|---|---|"]
-    out += [f"| {r['implementation']}/{r['conv_strategy']} | {r['dtype']} | {r['fwd_ms']:.2f} | "
+    out += [f"| {r['variant']} | {r['dtype']} | {r['fwd_ms']:.2f} | "
             f"{r['fwd_bwd_ms']:.2f} | {r['fwd_bwd_compiled_mib']:.1f} |"
             for r in records if r["part"] == "layer"]
     out += ["", "| loader | clips/s per core | clips/s on host |", "|---|---|---|"]
@@ -274,7 +276,7 @@ def main() -> None:
         frames, size, max_batch, steps = 16, 224, args.max_batch, 5
         pipe = dict(videos=16, frames=16, seconds=5.0)
     layer_part(rec, layer_shape, kernel, repeats)
-    autotune_part(rec, layer_shape, kernel)
+    autotune_part(rec, args.smoke, frames, size)
     # The smoke run must reach every part however loaded the machine: no budget.
     deadline = float("inf") if args.smoke else t0 + args.budget_s
     train_part(rec, args.smoke, frames, size, max_batch, steps, deadline)

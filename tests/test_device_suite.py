@@ -20,19 +20,23 @@ def test_device_suite_smoke(tmp_path):
                        capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stderr[-3000:]
     summary = json.loads((tmp_path / "smoke_cpu.json").read_text())["records"]
-    lines = [json.loads(l) for l in (tmp_path / "smoke_cpu.jsonl").read_text().splitlines()]
+    lines = [json.loads(ln) for ln in (tmp_path / "smoke_cpu.jsonl").read_text().splitlines()]
     assert lines == summary  # every record was appended as it came
     parts = [rec["part"] for rec in summary]
     assert parts[0] == "host" and parts[-1] == "done"
     layer = [rec for rec in summary if rec["part"] == "layer"]
     # Every implementation/strategy variant in both dtypes, each timed.
-    assert {(rec["dtype"], rec["implementation"], rec["conv_strategy"]) for rec in layer} == {
-        (d, i, s) for d in ("float32", "bfloat16")
-        for i, s in (("conv", "auto"), ("conv", "native"), ("conv", "taps2d"),
-                     ("patches", "auto"))}
+    assert {(rec["dtype"], rec["variant"]) for rec in layer} == {
+        (d, v) for d in ("float32", "bfloat16")
+        for v in ("conv/auto", "conv/native", "conv/taps2d", "patches/lax", "patches/stack")}
     assert all(rec["fwd_bwd_ms"] > 0 for rec in layer)
     tune = [rec for rec in summary if rec["part"] == "autotune"]
     assert [rec["dtype"] for rec in tune] == ["float32", "bfloat16"]
+    for rec in tune:  # every RSA layer shape of the train model, every candidate timed
+        assert len(rec["table"]) == 2
+        for e in rec["table"].values():
+            assert set(e["fwd_bwd_ms"]) == set(rec["candidates"])
+            assert e["fwd_bwd_ms"][e["choice"]] == min(e["fwd_bwd_ms"].values())
     train = [rec for rec in summary if rec["part"] == "train"]
     assert [rec["batch"] for rec in train] == [1, 2]  # --smoke caps the sweep at 2
     for rec in train:
@@ -43,5 +47,5 @@ def test_device_suite_smoke(tmp_path):
     assert {rec["loader"] for rec in pipe} == {"jpeg", "jpeg_uint8"}
     assert all(rec["clips_per_s_host"] > 0 for rec in pipe)
     # The Markdown table closes the output: one row per train/remat/layer/pipeline record.
-    rows = [l for l in r.stdout.splitlines() if l.startswith("| ") and "---" not in l]
+    rows = [ln for ln in r.stdout.splitlines() if ln.startswith("| ") and "---" not in ln]
     assert len(rows) == 3 + len(train) + len(remat) + len(layer) + len(pipe)

@@ -234,3 +234,24 @@ def test_l2_normalize_accumulates_in_float32():
         assert [e.invars[0].aval.dtype for e in reduce] == [jnp.float32], dtype
     np.testing.assert_array_equal(l2_normalize(x32), x32 * jax.lax.rsqrt(
         jnp.sum(x32 * x32, -1, keepdims=True) + 1e-6))  # float32: unchanged arithmetic
+
+
+def test_patches_lax_patch_op_matches_official_on_the_smallest_fixture():
+    """'patches' with lax.conv_general_dilated_patches windows, forward and gradients
+    (that op's gradient is slow on CPU: one fixture only, the smallest)."""
+    path = min(LAYER_FIXTURES, key=lambda p: load_layer_fixture(p)["input"].size)
+    fx = load_layer_fixture(path)
+    layer = RSA(**fx["layer"], implementation="patches", patch_op="lax",
+                precision=jax.lax.Precision.HIGHEST)
+    params = rsa_layer_params_from_torch(fx["torch_params"], fx["layer"])
+    x = jnp.asarray(fx["input"], jnp.float32)
+    y, vjp = jax.vjp(lambda p, x: layer.apply({"params": p}, x), params, x)
+    gp, gx = vjp(jnp.asarray(fx["cotangent"], jnp.float32))
+    assert rel_err(y, fx["output"]) <= 1e-5
+    assert rel_err(gx, fx["grad_input"]) <= 1e-5
+    for name, g in rsa_layer_params_to_torch(gp).items():
+        assert rel_err(g, fx["torch_grads"][name]) <= 1e-5, name
+    # The two window extractions agree exactly, offsets in PyTorch's (t, h, w) order.
+    v = jax.random.normal(jax.random.PRNGKey(0), (1, 3, 4, 5, 2))
+    np.testing.assert_array_equal(conv_forms.extract_windows(v, (3, 3, 1), "lax"),
+                                  conv_forms.extract_windows(v, (3, 3, 1), "stack"))

@@ -16,6 +16,10 @@ magnitude slower than others:
 
 `select_forms` is the one entry point: it picks every form from the backend, the
 frame size and the layer's ``conv_strategy``.  See docs/method.md#complexity.
+
+The 'patches' implementation's window extraction is `extract_windows`: the patch op
+``lax.conv_general_dilated_patches`` ('lax'), or pad + slice + stack ('stack'), whose
+gradient XLA:CPU runs far faster than the patch op's.
 """
 
 from __future__ import annotations
@@ -113,6 +117,33 @@ def _shared_conv_form(h: int, w: int, kernel_size: Sequence[int]) -> str:
     if h * w <= kernel_size[1] * kernel_size[2]:
         return "frame"
     return "row" if w <= 2 * kernel_size[2] else "taps"
+
+
+def extract_windows(x: jax.Array, kernel_size: Sequence[int],
+                    patch_op: str = "stack") -> jax.Array:
+    """(B, T, H, W, C) -> (B, T, H, W, M, C): zero-padded neighbourhoods.
+
+    Offsets are enumerated row-major over (t, h, w), the flattening order of a
+    PyTorch Conv3d kernel, so window index o lines up with ``weight[..., o]``.
+    ``patch_op``: 'lax' (``lax.conv_general_dilated_patches``, channel-major
+    features c·M + o, reordered here), 'stack' (pad + slice + stack) or 'auto'
+    (stack on CPU, lax elsewhere).
+    """
+    if patch_op not in ("auto", "lax", "stack"):
+        raise ValueError(f"patch_op must be 'auto', 'lax' or 'stack', got {patch_op!r}")
+    ks = tuple(int(k) for k in kernel_size)
+    if patch_op == "lax" or (patch_op == "auto" and jax.default_backend() != "cpu"):
+        # Patch extraction is an identity-kernel convolution: run it exactly.
+        p = lax.conv_general_dilated_patches(
+            x, ks, (1, 1, 1), [(k // 2, k // 2) for k in ks],
+            dimension_numbers=("NTHWC", "OITHW", "NTHWC"), precision=lax.Precision.HIGHEST)
+        return jnp.swapaxes(p.reshape(p.shape[:-1] + (x.shape[-1], -1)), -1, -2)
+    kt, kh, kw = ks
+    _, t, h, w, _ = x.shape
+    xp = jnp.pad(x, ((0, 0), (kt // 2,) * 2, (kh // 2,) * 2, (kw // 2,) * 2, (0, 0)))
+    slices = [xp[:, a:a + t, b:b + h, c:c + w]
+              for a in range(kt) for b in range(kh) for c in range(kw)]
+    return jnp.stack(slices, axis=-2)
 
 
 # --- Convolutions -------------------------------------------------------------

@@ -20,8 +20,8 @@ Two numerically equivalent implementations sit behind one interface:
   contracted.  Never materialises anything of size M per position.  How each
   convolution and product runs on a given backend is `conv_forms.select_forms`.
 * ``'patches'`` — literal to the paper: the M-neighbourhoods of k̂ and v̂ are
-  extracted (pad + slice + stack; the gradient of ``conv_general_dilated_patches``
-  is pathologically slow on CPU), the M-dim kernels κ (nh × M) and the M-row
+  extracted (``patch_op``: the patch op, or pad + slice + stack where its gradient
+  is slow, as on CPU), the M-dim kernels κ (nh × M) and the M-row
   contexts X (M × dv) are formed explicitly and ``y = κ X``.  The M × M
   self-correlation V Vᵀ is folded by associativity, V (Vᵀ Γᵀ), since it would
   cost M²·dv per position.
@@ -42,7 +42,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from rsa_jax.layers import conv_forms, kernels
+from rsa_jax.layers import autotune, conv_forms, kernels
+from rsa_jax.layers.conv_forms import extract_windows
 
 KernelType = Literal["V", "R", "VplusR"]
 _TYPES = ("V", "R", "VplusR")
@@ -116,20 +117,6 @@ def l2_normalize(x: jax.Array, axis: int = -1) -> jax.Array:
     return (xa * lax.rsqrt(jnp.sum(xa * xa, axis=axis, keepdims=True) + L2_EPS)).astype(x.dtype)
 
 
-def extract_windows(x: jax.Array, kernel_size: Sequence[int]) -> jax.Array:
-    """(B, T, H, W, C) -> (B, T, H, W, M, C): zero-padded neighbourhoods.
-
-    Offsets are enumerated row-major over (t, h, w), the flattening order of a
-    PyTorch Conv3d kernel, so window index o lines up with ``weight[..., o]``.
-    """
-    kt, kh, kw = (int(k) for k in kernel_size)
-    _, t, h, w, _ = x.shape
-    xp = jnp.pad(x, ((0, 0), (kt // 2,) * 2, (kh // 2,) * 2, (kw // 2,) * 2, (0, 0)))
-    slices = [xp[:, a:a + t, b:b + h, c:c + w]
-              for a in range(kt) for b in range(kh) for c in range(kw)]
-    return jnp.stack(slices, axis=-2)
-
-
 def avg_pool_stride2(y: jax.Array) -> jax.Array:
     """Official strided output: AvgPool3d((1,3,3), (1,2,2), (0,1,1)), pads counted (/9)."""
     s = lax.reduce_window(y, jnp.array(0, y.dtype), lax.add, (1, 1, 3, 3, 1),
@@ -158,6 +145,9 @@ class RSA(nn.Module):
         convolutions), 'taps2d' (2-D convolutions over the temporal taps only, so a
         traced graph has the official layer's multiply-adds) or 'auto' (native on
         GPU/TPU; on CPU, banded matmuls on small frames); see `conv_forms.select_forms`.
+        'autotune', or a table resolved by `autotune.resolve_config`, picks
+        implementation and strategy per layer shape (unresolved: 'auto').
+      patch_op: window extraction of 'patches': 'lax', 'stack' or 'auto'.
       dtype: compute dtype (None = input dtype); param_dtype: parameter dtype.
       precision: matmul/conv precision (use 'highest' for fixture parity on TPU/GPU).
     """
@@ -172,7 +162,8 @@ class RSA(nn.Module):
     kernel_type: KernelType = "VplusR"
     context_type: KernelType = "VplusR"
     implementation: Literal["conv", "patches"] = "conv"
-    conv_strategy: Literal["auto", "native", "taps2d"] = "auto"
+    conv_strategy: str = "auto"
+    patch_op: Literal["auto", "lax", "stack"] = "auto"
     dtype: Any = None
     param_dtype: Any = jnp.float32
     precision: Any = None
@@ -197,8 +188,10 @@ class RSA(nn.Module):
         dtype = self.dtype or x.dtype
         p = self._params(x.shape[-1], d, ks, dtype)
         q, k, v = self._project(jnp.asarray(x, dtype), p["projection"], d)
-        fn = self._conv_form if self.implementation == "conv" else self._patch_form
-        y = fn(q, k, v, p["P1"], p["I"], p["H1"], p["H2"], p["G"], d, ks)  # (..., dv, nh)
+        choice = autotune.layer_choice(self.implementation, self.conv_strategy,
+                                       self.patch_op, autotune.shape_key(self, x.shape))
+        fn = self._conv_form if choice[0] == "conv" else self._patch_form
+        y = fn(choice, q, k, v, p["P1"], p["I"], p["H1"], p["H2"], p["G"], d, ks)  # (..., dv, nh)
         if self.is_mutable_collection("rsa_kernels") and not self.is_initializing():
             # For inspection only (docs/using.md): latent kernels q̂ᵀP and q̂ᵀR_n.
             lat = kernels.latent_kernels(q, k, p["P1"], p["H1"], d.dk, d.dd,
@@ -242,12 +235,12 @@ class RSA(nn.Module):
         v = l2_normalize(z[..., d.d_hid - d.dv:])
         return q, k, v
 
-    def _conv_form(self, q, k, v, p1, lam, h1, h2, g, d, ks):
+    def _conv_form(self, choice, q, k, v, p1, lam, h1, h2, g, d, ks):
         """Factorised evaluation (docs/method.md#output-layout): convs + latent contractions.
 
         κ̃ = q̂ᵀ(P + R) (nh × dd), F = Âᵀ(Λ + Ĝ) (dd × dv) per position; y = κ̃ F.
         """
-        ops = conv_forms.select_forms(self.conv_strategy, v.shape[2:4], ks, d.dk,
+        ops = conv_forms.select_forms(choice[1], v.shape[2:4], ks, d.dk,
                                       self.precision)
         mm, tr = ops.matmul, ops.transpose
         # Latent kernel κ̃ = q̂ᵀ(P + R), (nh × dd) per position.
@@ -272,17 +265,17 @@ class RSA(nn.Module):
             f = mm(tr(a_hat), g_hat)  # F[d, e] = Σ_c Â[c, d] Ĝ[c, e]
         return tr(mm(kern, f))  # y[e, n] = Σ_d κ̃[n, d] F[d, e]
 
-    def _patch_form(self, q, k, v, p1, lam, h1, h2, g, d, ks):
+    def _patch_form(self, choice, q, k, v, p1, lam, h1, h2, g, d, ks):
         """Explicit M-dim kernels and M-row contexts (docs/method.md#kernels, #contexts)."""
         m = int(np.prod(ks))
         prec = self.precision
         a = h2.reshape(m, d.dd).T  # A ∈ R^{D × M}
-        vw = extract_windows(v, ks)  # V_n: (..., M, dv)
+        vw = extract_windows(v, ks, choice[2])  # V_n: (..., M, dv)
         # Kernel κ_{n,l} ∈ R^{M}.
         if self.kernel_type == "V":
             kern = jnp.einsum("bthwnd,dm->bthwnm", q, a, precision=prec)
         else:
-            kw_ = extract_windows(k, ks)  # K_n: (..., M, dk)
+            kw_ = extract_windows(k, ks, choice[2])  # K_n: (..., M, dk)
             bmat = h1.reshape(m, d.dk, d.dd)  # B[(j, o), d]
             r = jnp.einsum("bthwoj,ojd->bthwjd", kw_, bmat, precision=prec)
             if p1 is not None:

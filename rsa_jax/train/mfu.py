@@ -157,3 +157,12 @@ class MfuMeter:
         s = self.scalars(step_seconds)
         text = f"{s['model_tflops_per_s']:.3g} TFLOP/s"
         return text + (f"  MFU {100 * s['mfu']:.1f}%" if "mfu" in s else "")
+
+
+def meter_for_run(config: Any, devices: list | None = None) -> MfuMeter | None:
+    """The training loop's meter (one global step of ``global_batch_size`` clips), or
+    None when ``config.log_mfu`` is False (it compiles one forward pass at start)."""
+    if not config.get("log_mfu", True):
+        return None
+    return MfuMeter.create(config.model, config.data.num_frames, config.data.image_size,
+                           clips_per_step=config.global_batch_size, devices=devices)

@@ -21,9 +21,11 @@ from clu import parameter_overview
 
 from rsa_jax import parallel
 from rsa_jax.data import pipeline
+from rsa_jax.layers import autotune
 from rsa_jax.models import build_model
+from rsa_jax.train import capacity, optim, preemption, progress, writers
 from rsa_jax.train import evaluate as eval_lib
-from rsa_jax.train import optim, preemption, progress, writers
+from rsa_jax.train import mfu as mfu_lib
 from rsa_jax.train import step as step_lib
 from rsa_jax.train.checkpoint import Checkpointer, abstract_like, check_resume_config
 from rsa_jax.train.writers import create_writer
@@ -186,7 +188,7 @@ def _timing_text(timing: dict[str, float], rates: dict[str, float], clock) -> st
 
 
 def _log_train(config, writer, ckpt, clock, timer, acc, step: int, num_steps: int,
-               sec_per_step: float, first_interval: bool) -> None:
+               sec_per_step: float, first_interval: bool, meter=None) -> None:
     """Progress line and train/* scalars for the steps since the last call."""
     timer.drain()
     summary = {k: float(v) for k, v in acc.compute().items()}
@@ -200,10 +202,14 @@ def _log_train(config, writer, ckpt, clock, timer, acc, step: int, num_steps: in
     writer.write_scalars(step, {f"train/{k}": v for k, v in summary.items()}
                          | {f"train/{k}": v for k, v in timing.items() if k != "steps"}
                          | {f"train/{k}": v for k, v in rates.items()}
-                         | {"train/core_hours": clock.core_hours()})
+                         | {"train/core_hours": clock.core_hours()}
+                         | ({f"train/{k}": v for k, v in meter.scalars(sec_per_step).items()}
+                            if meter else {}))
     if parallel.is_main_process():
+        # MFU of the interval (the first one includes compiling).
         print(_progress(step, num_steps, summary, rates["clips_per_s"], eta)
-              + _timing_text(timing, rates, clock), flush=True)
+              + _timing_text(timing, rates, clock)
+              + (f"  {meter.format(sec_per_step)}" if meter else ""), flush=True)
 
 
 def _restore_or_init(config, workdir, ckpt, state, shardings, train_iter):
@@ -255,6 +261,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     _check_precision(config)
     _save_config(config, workdir)
     mesh = parallel.create_mesh(config.get("mesh_shape"))
+    config = autotune.resolve_config(config, workdir)   # conv_strategy='autotune' only
     _prepare_data(config)
     _write_class_names(config, workdir)
     n_train = pipeline.num_examples(config.data, config.train_split)
@@ -282,6 +289,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     _log_start(config, writer, state, start)
     logging.info("%d train videos, %d steps/epoch, %d steps of %d clips", n_train,
                  steps_per_epoch, num_steps, config.global_batch_size)
+    meter = mfu_lib.meter_for_run(config)
+    capacity.check_run(config, meter, jax.process_index(), jax.process_count())
 
     acc, last, eval_metrics, best = None, None, {}, {}
     t0, t_step, first_interval = time.time(), start, True
@@ -300,7 +309,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             is_last = step == num_steps
             if step % config.log_every_steps == 0 or is_last:
                 _log_train(config, writer, ckpt, clock, timer, acc, step, num_steps,
-                           (time.time() - t0) / (step - t_step), first_interval)
+                           (time.time() - t0) / (step - t_step), first_interval, meter)
                 acc, t0, t_step, first_interval = None, time.time(), step, False
             is_eval = is_eval_step(step, num_steps, steps_per_epoch, config)
             if is_eval:
@@ -343,6 +352,7 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str, mode: s
     Writes ``<workdir>/eval/<split>_scores.npz`` (test: ``<split>_test_scores.npz``).
     """
     mesh = parallel.create_mesh(config.get("mesh_shape"))
+    config = autotune.resolve_config(config, workdir)   # reuses <workdir>/autotune.json
     _prepare_data(config)
     state, shardings, _, eval_fn = setup(config, mesh, steps_per_epoch=1)
     ckpt_dir = os.path.join(workdir, "checkpoints")
