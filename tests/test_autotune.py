@@ -12,6 +12,7 @@ import pytest
 
 from rsa_jax.layers import autotune
 from rsa_jax.models import build_model
+from rsa_jax.train import tuning
 
 
 def _config(strategy="autotune"):
@@ -100,7 +101,7 @@ def test_autotuned_model_equals_the_default_model(tmp_path):
     forced = {"2x4x4x8->8/s1": "patches/stack", "2x1x1x64->64/s1": "conv/native"}
     seconds = {(n, k): (0.0 if forced[k] == n else 1.0)
                for n in autotune.candidates() for k in keys}
-    tuned_cfg = autotune.resolve_config(_config(), str(tmp_path), _fake_timer(seconds, []))
+    tuned_cfg = tuning.resolve_config(_config(), str(tmp_path), _fake_timer(seconds, []))
     assert autotune.decode(tuned_cfg.model.rsa.conv_strategy) == forced
     assert (tmp_path / autotune.CACHE_FILE).exists()
     default, tuned = build_model(_config("auto").model), build_model(tuned_cfg.model)
@@ -114,7 +115,7 @@ def test_autotuned_model_equals_the_default_model(tmp_path):
 
 def test_resolve_config_leaves_other_strategies_alone(tmp_path):
     c = _config("taps2d")
-    assert autotune.resolve_config(c, str(tmp_path)) is c
+    assert tuning.resolve_config(c, str(tmp_path)) is c
     assert not (tmp_path / autotune.CACHE_FILE).exists()
     with pytest.raises(ValueError, match="patch_op"):
         from rsa_jax.layers.conv_forms import extract_windows

@@ -33,7 +33,6 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-from absl import logging
 
 PREFIX = "autotune:"
 CACHE_FILE = "autotune.json"
@@ -192,33 +191,3 @@ def format_table(table: dict[str, dict]) -> str:
         lines.append(f"autotune {key}: {e['choice']}{' (cached)' if e['cached'] else ''}"
                      f"  [ms fwd+bwd: {times}]")
     return "\n".join(lines)
-
-
-def resolve_config(config: Any, workdir: str | None, timer: Timer | None = None) -> Any:
-    """`config` unchanged unless ``model.rsa.conv_strategy == 'autotune'``; then a copy
-    with the per-shape choices encoded in it (timed on this device, cached in
-    ``<workdir>/autotune.json``; process 0's choices are used by every process)."""
-    rsa = config.model.get("rsa") or {}
-    if rsa.get("conv_strategy") != "autotune" or config.model.get("backbone", "rsa") != "rsa":
-        return config
-    from rsa_jax.models import build_model  # local: models import the layers
-    model = build_model(config.model)
-    batch = max(1, config.global_batch_size // max(1, jax.device_count()))
-    path = os.path.join(workdir, CACHE_FILE) if workdir else None
-    if path and jax.process_index() != 0:
-        path = None                     # one writer; the others time without the file
-    table = tune(model, (batch, config.data.num_frames, config.data.image_size,
-                         config.data.image_size, 3), path, timer)
-    choices = {k: e["choice"] for k, e in table.items()}
-    if jax.process_count() > 1:         # one program on every host: process 0's choices
-        from jax.experimental import multihost_utils
-        names = candidates()
-        idx = multihost_utils.broadcast_one_to_all(
-            np.array([names.index(choices[k]) for k in sorted(choices)], np.int32))
-        choices = {k: names[int(i)] for k, i in zip(sorted(choices), idx, strict=True)}
-    logging.info("%s", format_table(table))
-    if jax.process_index() == 0:
-        print(format_table(table), flush=True)
-    out = config.copy_and_resolve_references()
-    out.model.rsa.conv_strategy = encode(choices)
-    return out

@@ -145,7 +145,7 @@ class RSA(nn.Module):
         convolutions), 'taps2d' (2-D convolutions over the temporal taps only, so a
         traced graph has the official layer's multiply-adds) or 'auto' (native on
         GPU/TPU; on CPU, banded matmuls on small frames); see `conv_forms.select_forms`.
-        'autotune', or a table resolved by `autotune.resolve_config`, picks
+        'autotune', or a table resolved by `rsa_jax.train.tuning.resolve_config`, picks
         implementation and strategy per layer shape (unresolved: 'auto').
       patch_op: window extraction of 'patches': 'lax', 'stack' or 'auto'.
       dtype: compute dtype (None = input dtype); param_dtype: parameter dtype.

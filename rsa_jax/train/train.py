@@ -21,9 +21,8 @@ from clu import parameter_overview
 
 from rsa_jax import parallel
 from rsa_jax.data import pipeline
-from rsa_jax.layers import autotune
 from rsa_jax.models import build_model
-from rsa_jax.train import capacity, optim, preemption, progress, writers
+from rsa_jax.train import capacity, optim, preemption, progress, tuning, writers
 from rsa_jax.train import evaluate as eval_lib
 from rsa_jax.train import mfu as mfu_lib
 from rsa_jax.train import step as step_lib
@@ -261,7 +260,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     _check_precision(config)
     _save_config(config, workdir)
     mesh = parallel.create_mesh(config.get("mesh_shape"))
-    config = autotune.resolve_config(config, workdir)   # conv_strategy='autotune' only
+    config = tuning.resolve_config(config, workdir)   # conv_strategy='autotune' only
     _prepare_data(config)
     _write_class_names(config, workdir)
     n_train = pipeline.num_examples(config.data, config.train_split)
@@ -352,7 +351,7 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str, mode: s
     Writes ``<workdir>/eval/<split>_scores.npz`` (test: ``<split>_test_scores.npz``).
     """
     mesh = parallel.create_mesh(config.get("mesh_shape"))
-    config = autotune.resolve_config(config, workdir)   # reuses <workdir>/autotune.json
+    config = tuning.resolve_config(config, workdir)   # reuses <workdir>/autotune.json
     _prepare_data(config)
     state, shardings, _, eval_fn = setup(config, mesh, steps_per_epoch=1)
     ckpt_dir = os.path.join(workdir, "checkpoints")
