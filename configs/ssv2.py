@@ -54,7 +54,8 @@ def get_config(arg: str = "16") -> ml_collections.ConfigDict:
     c.model.num_classes = 174
     c.model.rsa_positions = ((2,), (1, 3), (1, 3, 5), (1,))   # 7 RSA blocks (docs/method.md#network)
     c.model.rsa = dict(num_heads=8, kernel_size=[5, 7, 7], kernel_type="VplusR",
-                       context_type="VplusR", implementation="conv")   # docs/method.md#network
+                       context_type="VplusR", implementation="conv",   # docs/method.md#network
+                       conv_strategy="auto")   # "autotune": time the forms on this device
     c.model.dropout = 0.3                  # scripts and SSv2 log
     c.model.stochastic_depth = 0.2         # survival 1.0 -> 0.8 over 16 blocks (docs/method.md#stochastic-depth)
     c.model.dtype = "float32"              # 'bfloat16' on GPU/TPU (params stay float32)
@@ -89,6 +90,9 @@ def get_config(arg: str = "16") -> ml_collections.ConfigDict:
 
     c.log_every_steps = 100
     c.profile_steps = ""                   # "a,b": jax.profiler trace of steps a..b in <workdir>/profile
+    c.log_mfu = True                       # model TFLOP/s + MFU in the progress line (docs/benchmarks.md#mfu)
+    c.input_check_seconds = 1.5            # host decode-rate check at start; 0 turns it off
+    c.input_check_mfu = 0.3                # MFU assumed for the expected step time of that check
     c.eval_every_epochs = 5                # official eval_freq 5 (+ last 10 epochs)
     c.eval_last_epochs = 10                # official: also every epoch of the last 10; best top-1 kept
     c.official_epoch_step = False          # True: the official extra zero-gradient SGD step per epoch

@@ -47,7 +47,8 @@ def get_config(arg: str = "rsa") -> ml_collections.ConfigDict:
     c.model.num_classes = 8
     c.model.rsa_positions = ((1,), (1,), (1,), (1,))   # one RSA block per stage (block 0 never is)
     c.model.rsa = dict(num_heads=8, kernel_size=[3, 7, 7], kernel_type="VplusR",
-                       context_type="VplusR", implementation="conv")
+                       context_type="VplusR", implementation="conv",
+                       conv_strategy="auto")   # "autotune": time the forms on this device
     c.model.dropout = 0.1
     c.model.stochastic_depth = 0.0
     c.model.dtype = "float32"
@@ -81,6 +82,9 @@ def get_config(arg: str = "rsa") -> ml_collections.ConfigDict:
 
     c.log_every_steps = 96
     c.profile_steps = ""                   # "a,b": jax.profiler trace of steps a..b in <workdir>/profile
+    c.log_mfu = True                       # model TFLOP/s + MFU in the progress line (docs/benchmarks.md#mfu)
+    c.input_check_seconds = 1.5            # host decode-rate check at start; 0 turns it off
+    c.input_check_mfu = 0.3                # MFU assumed for the expected step time of that check
     c.eval_every_epochs = 10
     c.eval_last_epochs = 0
     c.official_epoch_step = False
