@@ -140,7 +140,7 @@ def _final_state(workdir: str, step: int) -> list[np.ndarray]:
 
 def _last_metrics(workdir: str) -> dict:
     """The last logged value of every metric at every step (timings excluded)."""
-    timing = ("_ms", "_per_s", "per_device", "core_hours")
+    timing = ("_ms", "_per_s", "per_device", "core_hours", "mfu")  # wall-clock dependent
     out = {}
     for row in _rows(workdir):
         for k, v in row.items():

@@ -129,6 +129,7 @@ def train_config(smoke: bool, frames: int, size: int):
     c = ssv2.get_config(str(frames))
     c.data.image_size = size
     c.model.dtype = "bfloat16"
+    c.model.bn_group_clips = 0   # the sweep starts at 1 clip per device: statistics per device
     if smoke:  # RSA-R18 at width 4 with two small RSA layers: compiles in seconds
         c.model.depth, c.model.width = 18, 4
         c.model.rsa_positions = [[1], [], [], [1]]

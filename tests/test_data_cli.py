@@ -79,9 +79,11 @@ def test_prepare_summary_and_raise_is_one_line(broken_list, tmp_path):
     r = _data_cli('prepare', '--name', 'video_list', '--manual_dir', str(broken_list),
                   '--data_dir', str(tfds_dir))
     assert r.returncode == 0, r.stderr
-    report = tfds_dir / 'video_list' / 'default' / '1.0.0' / 'problems.json'
+    from rsa_jax.data.builders import VideoList
+    version = str(VideoList.VERSION)
+    report = tfds_dir / 'video_list' / 'default' / version / 'problems.json'
     assert r.stdout.strip().splitlines()[-1] == (
-        'video_list/default/1.0.0: built train 1 of 3, validation 1 of 1 videos; 2 skipped '
+        f'video_list/default/{version}: built train 1 of 3, validation 1 of 1 videos; 2 skipped '
         f'(1 frame folder gap, 1 unknown label), see {report}')
     assert json.loads(report.read_text())['splits']['train']['problems'] == [
         (f'{broken_list}/f/gap: 1 of 6 frames missing (first: img_00004.jpg); frames must be '

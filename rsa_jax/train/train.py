@@ -290,6 +290,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                  steps_per_epoch, num_steps, config.global_batch_size)
     meter = mfu_lib.meter_for_run(config)
     capacity.check_run(config, meter, jax.process_index(), jax.process_count())
+    # Start-up work above (MFU meter compile, input check) takes each host a different
+    # time; line the hosts up before the first collective (gloo gives up after 30 s).
+    parallel.barrier("training starts")
 
     acc, last, eval_metrics, best = None, None, {}, {}
     t0, t_step, first_interval = time.time(), start, True
