@@ -48,7 +48,7 @@ def candidates(backend: str | None = None) -> list[str]:
 
 def shape_key(layer: Any, x_shape: Sequence[int]) -> str:
     """Per-layer key, batch excluded: ``'T×H×W×C_in->features/s<stride>'``."""
-    _, t, h, w, c = (int(d) for d in x_shape)
+    t, h, w, c = (int(d) for d in x_shape[1:])  # the batch may be symbolic (jax.export)
     return f"{t}x{h}x{w}x{c}->{int(layer.features)}/s{max(int(s) for s in layer.strides)}"
 
 
