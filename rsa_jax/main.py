@@ -48,17 +48,6 @@ def _fatal(error: Exception) -> None:
     sys.exit(f"FATAL: {error}")
 
 
-def _parse_flags(argv: list[str]) -> list[str]:
-    """absl's parsing, with typo'd --config.x keys reported in one line."""
-    from rsa_jax import validate
-    try:
-        validate.check_overrides(argv)
-        return FLAGS(argv)
-    except validate.ConfigError as e:
-        _fatal(e)
-    except flags.Error as e:
-        _fatal(f"{e} (see --helpfull)")
-
 
 def main(argv):
     del argv
@@ -106,4 +95,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main, flags_parser=_parse_flags)
+    from rsa_jax import validate  # lazily, as before: it loads the builders
+    app.run(main, flags_parser=validate.parse_flags)

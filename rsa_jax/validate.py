@@ -14,6 +14,7 @@ import difflib
 import importlib.util
 import json
 import os
+import sys
 import textwrap
 from collections.abc import Sequence
 from typing import Any
@@ -310,3 +311,16 @@ def finished_run(config: Any, workdir: str) -> str | None:
             f"{os.path.join(workdir, 'checkpoints')}, eval scores in "
             f"{os.path.join(workdir, 'eval')}; use --mode=test to evaluate it, or a new "
             f"--workdir (or delete {path}) to train again")
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+    """absl's flag parsing for our entry points (`app.run(..., flags_parser=...)`), with
+    typo'd --config.x keys and flag errors reported as one FATAL line."""
+    from absl import flags
+    try:
+        check_overrides(argv)
+        return flags.FLAGS(argv)
+    except ConfigError as e:
+        sys.exit(f"FATAL: {e}")
+    except flags.Error as e:
+        sys.exit(f"FATAL: {e} (see --helpfull)")

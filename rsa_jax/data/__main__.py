@@ -104,17 +104,7 @@ def main(argv: list[str]) -> None:
     print(line, flush=True)
 
 
-def _parse_flags(argv: list[str]) -> list[str]:
-    """absl's parsing, with typo'd --config.x keys reported in one line."""
-    from rsa_jax import validate
-    try:
-        validate.check_overrides(argv)
-        return FLAGS(argv)
-    except validate.ConfigError as e:
-        _fatal(e)
-    except flags.Error as e:
-        _fatal(f"{e} (see --helpfull)")
-
 
 if __name__ == "__main__":
-    app.run(main, flags_parser=_parse_flags)
+    from rsa_jax import validate  # lazily, as before: it loads the builders
+    app.run(main, flags_parser=validate.parse_flags)
