@@ -4,11 +4,14 @@
     python benchmarks/bench_train_step.py --batch 16 --frames 16 --dtype bfloat16   # GPU figure
     python benchmarks/bench_train_step.py --input_dtype uint8   # raw pixels, normalised on device
     python benchmarks/bench_train_step.py --remat block --compile_only --batch 8 --frames 16
+    python benchmarks/bench_train_step.py --remat none,rsa,block --frames 4 --size 112 --batch 2
 
 ``--compile_only`` builds the state abstractly (no initialisation, no step run)
 and prints XLA's compiled memory analysis of the step (``temp_bytes``,
 ``argument_bytes``, ``output_bytes``, ``alias_bytes``) and the compile seconds;
-``--remat`` sets ``model.remat`` (none | rsa | block, docs/benchmarks.md).
+``--remat`` sets ``model.remat`` (none | rsa | block, docs/benchmarks.md); a comma list
+runs each setting in turn in this process (one JSON line each), so their ratios come
+from one run. ``--backbone tsn2d`` measures the plain 2-D ResNet instead.
 
 Every timed step starts from the host batch (numpy), so the step time includes the
 host→device copy of ``input_bytes`` (4× fewer with ``--input_dtype uint8``, the
@@ -24,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import resource
 import statistics
 import sys
@@ -80,7 +84,8 @@ def compile_only_line(c, mesh, args) -> dict:
                                        args.input_dtype)
     mem = compiled.memory_analysis()
     dev = jax.devices()[0]
-    return {"bench": "train_step_compile", "model": "RSA-R50", "device": dev.device_kind,
+    hlo = compiled.as_text() or ""
+    return {"bench": "train_step_compile", "model": _model_name(c), "device": dev.device_kind,
             "platform": dev.platform, "batch": args.batch, "frames": args.frames,
             "size": args.size, "dtype": args.dtype, "remat": args.remat,
             "implementation": args.implementation, "compile_s": round(compile_s, 2),
@@ -88,8 +93,15 @@ def compile_only_line(c, mesh, args) -> dict:
             "argument_bytes": int(mem.argument_size_in_bytes),
             "output_bytes": int(mem.output_size_in_bytes),
             "alias_bytes": int(mem.alias_size_in_bytes),
+            # convolution instructions left after XLA's optimisation: remat adds the
+            # recomputed forward ones unless the compiler merged them away again
+            "hlo_convolutions": len(re.findall(r"\bconvolution\(", hlo)),
             "fast_compile": bool(args.fast_compile),
             "load_avg_1min": round(os.getloadavg()[0], 2)}
+
+
+def _model_name(c) -> str:
+    return f"{'RSA' if c.model.backbone == 'rsa' else c.model.backbone.upper()}-R50"
 
 
 def main() -> None:
@@ -102,23 +114,34 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=7)
     p.add_argument("--input_dtype", default="float32", choices=("float32", "uint8"),
                    help="uint8: raw pixels (data.uint8_output), normalised in the step")
-    p.add_argument("--remat", default="none", choices=["none", "rsa", "block"])
+    p.add_argument("--remat", default="none",
+                   help="none | rsa | block, or a comma list of them (one line each)")
+    p.add_argument("--backbone", default="rsa", choices=["rsa", "tsn2d", "tsn3d"])
     p.add_argument("--compile_only", action="store_true",
                    help="print compiled memory + compile seconds; run no step")
     p.add_argument("--fast_compile", action="store_true",
                    help="with --compile_only on CPU: skip LLVM optimisation (same buffers)")
     args = p.parse_args()
+    settings = args.remat.split(",")
+    if not set(settings) <= {"none", "rsa", "block"}:
+        p.error(f"--remat: none, rsa or block (comma-separated), got {args.remat!r}")
+    for remat in settings:
+        args.remat = remat
+        run(args)
 
+
+def run(args) -> None:
     c = ssv2.get_config(str(args.frames))
     c.data.image_size = args.size
     c.global_batch_size = args.batch
     c.model.dtype = args.dtype
     c.model.rsa["implementation"] = args.implementation
     c.model.remat = args.remat
+    c.model.backbone = args.backbone
     c.model.bn_group_clips = 0   # one device's clips: the statistics of one official GPU
     mesh = parallel.create_mesh({"data": 1}, jax.devices()[:1])
     if args.compile_only:
-        print(json.dumps(compile_only_line(c, mesh, args)))
+        print(json.dumps(compile_only_line(c, mesh, args)), flush=True)
         return
     state, _, train_fn, _ = train.setup(c, mesh, steps_per_epoch=100)
     rng = np.random.RandomState(0)
@@ -139,17 +162,17 @@ def main() -> None:
     jax.block_until_ready(m)
     times, cpu, put = [], [], []
     for _ in range(args.steps):
-        t, c = time.perf_counter(), time.process_time()
+        t, t_cpu = time.perf_counter(), time.process_time()
         batch = jax.block_until_ready(parallel.shard_batch(host_batch, mesh))
         put.append(time.perf_counter() - t)
         state, m = compiled(state, batch)
         jax.block_until_ready((state.params, m))
         times.append(time.perf_counter() - t)
-        cpu.append(time.process_time() - c)
+        cpu.append(time.process_time() - t_cpu)
     step_s = statistics.median(times)
     dev = jax.devices()[0]
     stats = dev.memory_stats() or {}
-    out = {"model": "RSA-R50", "device": dev.device_kind, "platform": dev.platform,
+    out = {"model": _model_name(c), "device": dev.device_kind, "platform": dev.platform,
            "batch": args.batch, "frames": args.frames, "size": args.size,
            "dtype": args.dtype, "implementation": args.implementation,
            "input_dtype": args.input_dtype, "input_bytes": int(video.nbytes),
@@ -167,7 +190,7 @@ def main() -> None:
            "max_rss_gib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 3),
            "loss": float(m.compute()["loss"]),
            "official_cpu_ref": {"fwd_bwd_s_per_clip": 4.12, "peak_gib": 1.77}}
-    print(json.dumps(out))
+    print(json.dumps(out), flush=True)
 
 
 if __name__ == "__main__":

@@ -90,7 +90,7 @@ def layer_part(rec: Recorder, shape, kernel, repeats: int) -> None:
         for impl, strategy, patch_op in VARIANTS:
             model = RSA(features=shape[-1], num_heads=min(8, shape[-1] // 4 or 1),
                         kernel_size=kernel, implementation=impl, conv_strategy=strategy,
-                        patch_op=patch_op,                        dtype=jnp.dtype(dtype))
+                        patch_op=patch_op, dtype=jnp.dtype(dtype))
             params = model.init(jax.random.key(1), x)["params"]
             fwd = jax.jit(lambda p, x, m=model: m.apply({"params": p}, x))
             grad = jax.jit(jax.grad(lambda p, x, m=model: jnp.sum(

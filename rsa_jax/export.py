@@ -133,11 +133,8 @@ def main(argv: Sequence[str] | None = None) -> int:
               file=sys.stderr)
         return 2
     batch = None if args.batch == "dynamic" else int(args.batch)
-    try:
-        loaded = inference.load(args.checkpoint, labels=args.labels, num_frames=args.frames,
-                                image_size=args.image_size)
-    except (FileNotFoundError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
+    loaded = inference.load_for_cli(args)
+    if loaded is None:
         return 2
     platforms = args.platforms.split(",") if args.platforms else None
     written = export_stablehlo(loaded, args.out, batch, platforms)

@@ -20,6 +20,7 @@ import dataclasses
 import json
 import os
 import re
+import sys
 from collections.abc import Sequence
 from typing import Any
 
@@ -138,6 +139,17 @@ def _restore_workdir_state(ckpt_dir: str) -> tuple[dict, int]:
         state=ocp.args.StandardRestore()))
     ckpt.manager.close()
     return out["state"], step
+
+
+def load_for_cli(args) -> LoadedModel | None:
+    """`load` with a command line's ``--checkpoint/--labels/--frames/--image_size``;
+    prints ``error: reason`` on stderr and returns None when it cannot."""
+    try:
+        return load(args.checkpoint, labels=args.labels, num_frames=args.frames,
+                    image_size=args.image_size)
+    except (FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return None
 
 
 def load(path: str, labels: str | None = None, num_frames: int | None = None,

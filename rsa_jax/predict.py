@@ -154,11 +154,8 @@ def _emit(info: dict, preds: list[tuple], names, args) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Runs the CLI; returns the exit code (0 ok, 1 some inputs failed, 2 setup error)."""
-    try:
-        loaded = inference.load(args.checkpoint, labels=args.labels, num_frames=args.frames,
-                                image_size=args.image_size)
-    except (FileNotFoundError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
+    loaded = inference.load_for_cli(args)
+    if loaded is None:
         return 2
     paths = _expand_inputs(args.inputs)
     forward = inference.make_forward(loaded)

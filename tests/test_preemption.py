@@ -64,20 +64,11 @@ def data_dir(tmp_path_factory):
 
 
 def tiny_config(data_dir, **kw) -> ml_collections.ConfigDict:
-    """configs/synthetic.py shrunk as in tests/test_train_loop.py (4 steps/epoch)."""
-    import configs.synthetic as synthetic
-    c = synthetic.get_config()
-    c.data.update(builder_config="tiny", data_dir=data_dir, num_frames=4, image_size=32,
-                  num_threads=1)
-    c.model.width = 8
-    c.model.rsa_positions = [[], [], [], [1]]
-    c.model.rsa = dict(num_heads=2, kernel_size=[3, 3, 3], kernel_type="VplusR",
-                       context_type="VplusR", implementation="conv")
-    c.update(global_batch_size=8, eval_batch_size=8, test_batch_size=8, num_train_steps=6,
-             log_every_steps=1, eval_every_epochs=100, checkpoint_every_steps=4,
-             keep_checkpoints=5)
-    c.update(kw)
-    return c
+    """tests/test_train_loop.py's tiny synthetic run, 6 steps, checkpoints every 4."""
+    from test_train_loop import _config
+    return _config(data_dir, **{
+        "num_train_steps": 6, "log_every_steps": 1, "eval_every_epochs": 100,
+        "checkpoint_every_steps": 4, "keep_checkpoints": 5, **kw})
 
 
 def leaves(workdir, step):
@@ -109,10 +100,15 @@ def _signal_on_fetch(monkeypatch, n, signum=signal.SIGTERM):
 def test_sigterm_mid_epoch_then_rerun_is_bit_identical(data_dir, tmp_path, monkeypatch,
                                                        capsys):
     full, part = str(tmp_path / "full"), str(tmp_path / "part")
-    train.train_and_evaluate(tiny_config(data_dir, profile_steps="2,3"), full)
+    train.train_and_evaluate(tiny_config(data_dir, profile_steps="2,3", log_mfu=True,
+                                         input_check_seconds=0.3), full)
     # Where time goes (docs/reliability.md#where-time-goes), on the uninterrupted run:
     assert glob.glob(os.path.join(full, "profile", "**", "*.xplane.pb"), recursive=True)
-    assert "ms/step" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "input capacity:" in out and "clips/s decoded+augmented on this host" in out
+    progress = [ln for ln in out.splitlines() if re.match(r"step \d+/6 ", ln)]
+    assert len(progress) == 6 and all("ms/step" in ln and "TFLOP/s" in ln and "MFU" in ln
+                                      for ln in progress)
     rows = [json.loads(line) for line in open(os.path.join(full, "metrics.jsonl"))]
     train_rows = [r for r in rows if "train/loss" in r]
     assert len(train_rows) == 6 and all(
@@ -162,17 +158,11 @@ def _train_rows(workdir):
 
 
 @pytest.mark.slow
-def test_two_processes_sigterm_one_host_then_rerun_is_bit_identical(two_process_dir,
-                                                                   monkeypatch):
-    import test_multihost_train as harness
+def test_two_processes_sigterm_one_host_then_rerun_is_bit_identical(two_process_dir):
     from test_multihost_train import _kill, _start, _tail, _wait
-    # No persistent compilation cache: JAX writes it from process 0 only, so on a
-    # rerun process 0 starts at once while process 1 compiles, and on a loaded
-    # machine gloo gives up on the late host after 30 s. Both compile instead.
-    env = harness._env
-    monkeypatch.setattr(harness, "_env", lambda cache: {
-        k: v for k, v in env(cache).items() if not k.startswith("JAX_PERSISTENT_CACHE")
-        and k != "JAX_COMPILATION_CACHE_DIR"})
+    # The persistent compilation cache is on (as in test_multihost_train): a host that
+    # finds its executables cached waits for the other at the start barrier, which
+    # comes after the train step is compiled (rsa_jax/train/train.py).
 
     def run(workdir, tag):
         procs = _start(d, workdir, tag)

@@ -50,6 +50,10 @@ def _config(data_dir, **kw) -> ml_collections.ConfigDict:
     c.log_every_steps = 2
     c.eval_every_epochs = 1
     c.checkpoint_every_steps = 2
+    # Start-up measurements off (a forward compile and 1.5 s of decoding per run);
+    # tests/test_preemption.py runs them end to end and checks their lines.
+    c.log_mfu = False
+    c.input_check_seconds = 0.0
     c.update(kw)
     return c
 
