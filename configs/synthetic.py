@@ -46,7 +46,7 @@ def get_config(arg: str = "rsa") -> ml_collections.ConfigDict:
     c.model.width = 16
     c.model.num_classes = 8
     c.model.rsa_positions = ((1,), (1,), (1,), (1,))   # one RSA block per stage (block 0 never is)
-    c.model.rsa = dict(num_heads=8, kernel_size=[3, 7, 7], kernel_type="VplusR",
+    c.model.rsa = dict(num_heads=16, kernel_size=[3, 7, 7], kernel_type="VplusR",
                        context_type="VplusR", implementation="conv",
                        conv_strategy="auto")   # "autotune": time the forms on this device
     c.model.dropout = 0.1

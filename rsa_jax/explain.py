@@ -84,14 +84,21 @@ def _display(video: np.ndarray) -> np.ndarray:
     return np.clip(video * transforms.IMAGENET_STD + transforms.IMAGENET_MEAN, 0, 1)
 
 
-def plot_kernels(video: np.ndarray, k: dict, path: str, title: str = "") -> str:
-    """Writes the kernel figure (see module doc); returns ``path``."""
+def plot_kernels(video: np.ndarray, k: dict, path: str, title: str = "",
+                 heads: Sequence[int] | None = None) -> str:
+    """Writes the kernel figure (see module doc) for ``heads`` (default all); returns
+    ``path``."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from matplotlib import colors, patches
 
-    nh, kt, kh, kw = k["total"].shape
+    num_heads, kt, kh, kw = k["total"].shape
+    heads = list(range(num_heads)) if heads is None else list(heads)
+    if not heads or not all(0 <= h < num_heads for h in heads):
+        raise ValueError(f"heads must be in 0..{num_heads - 1} (the layer has {num_heads}), "
+                         f"got {heads}")
+    nh = len(heads)
     t0, y0, x0 = k["at"]
     frames = _display(video)
     scale = frames.shape[1] / k["grid"][1]  # input pixels per layer cell
@@ -113,15 +120,16 @@ def plot_kernels(video: np.ndarray, k: dict, path: str, title: str = "") -> str:
                          fontsize=10)
         else:
             ax.set_title(f"t{i - kt // 2:+d} (zero padding)", fontsize=10)
-    vmax = float(max(np.abs(k[n]).max() for n in ("basic", "relational", "total"))) or 1.0
+    vmax = float(max(np.abs(k[n][heads]).max()
+                     for n in ("basic", "relational", "total"))) or 1.0
     norm = colors.Normalize(-vmax, vmax)
     tt, yy, xx = np.meshgrid(np.arange(kt) - kt // 2, np.arange(kh) - kh // 2,
                              np.arange(kw) - kw // 2, indexing="ij")
     sc = None
-    for h in range(nh):
+    for row, h in enumerate(heads):
         for j, (name, label) in enumerate((("basic", "basic (P)"), ("relational", "relational (R)"),
                                            ("total", "total (P + R)"))):
-            ax = fig.add_subplot(gs[h + 1, j], projection="3d")
+            ax = fig.add_subplot(gs[row + 1, j], projection="3d")
             v = k[name][h]
             sc = ax.scatter(xx.ravel(), tt.ravel(), -yy.ravel(), c=v.ravel(), cmap="bwr",
                             norm=norm, s=12 + 60 * np.abs(v.ravel()) / vmax,
@@ -171,7 +179,8 @@ def plot_evidence(video: np.ndarray, frame_logits: np.ndarray, logits: np.ndarra
 
 
 def explain(loaded: inference.LoadedModel, video: inference.VideoInput, out_dir: str,
-            layer: str | None = None, at: Sequence[int] | None = None) -> list[str]:
+            layer: str | None = None, at: Sequence[int] | None = None,
+            heads: Sequence[int] | None = None) -> list[str]:
     """Writes both figures for one input (centre clip, centre crop); returns paths."""
     os.makedirs(out_dir, exist_ok=True)
     clip = inference.views_of(video.record, loaded.data)[0]
@@ -180,7 +189,7 @@ def explain(loaded: inference.LoadedModel, video: inference.VideoInput, out_dir:
     best = loaded.class_names[int(np.argmax(k["logits"]))]
     return [plot_kernels(clip, k, os.path.join(out_dir, f"{stem}_kernels_{k['layer']}.png"),
                          f"{stem}: {k['layer']} kernels at (t, y, x) = {k['at']}; "
-                         f"predicted: {best}"),
+                         f"predicted: {best}", heads),
             plot_evidence(clip, k["frame_logits"], k["logits"], loaded.class_names,
                           os.path.join(out_dir, f"{stem}_evidence.png"),
                           title=f"{stem}: per-frame class evidence")]

@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 import time
 from collections.abc import Iterator, Sequence
@@ -65,6 +66,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="RSA block to draw, e.g. layer4_1 (default: the last)")
     p.add_argument("--explain_at", default=None, metavar="t,y,x",
                    help="query position in the layer's grid (default: strongest output)")
+    p.add_argument("--explain_heads", default=None, metavar="h,h,...",
+                   help="heads to draw, e.g. 0,1,2,3 (default: every head of the layer)")
     return p
 
 
@@ -197,15 +200,25 @@ def run(args: argparse.Namespace) -> int:
     if args.explain:
         from rsa_jax import explain
         at = tuple(int(v) for v in args.explain_at.split(",")) if args.explain_at else None
+        heads = [int(h) for h in args.explain_heads.split(",")] if args.explain_heads else None
         for video in explained:
-            for path in explain.explain(loaded, video, args.explain, layer=args.explain_layer,
-                                        at=at):
+            try:
+                paths = explain.explain(loaded, video, args.explain, layer=args.explain_layer,
+                                        at=at, heads=heads)
+            except ValueError as e:     # a layer or head the model does not have
+                print(f"error: --explain: {e}", file=sys.stderr)
+                return 2
+            for path in paths:
                 print(f"wrote {path}", file=sys.stderr)
     return 1 if errors else 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.explain_heads and not re.fullmatch(r"\d+(,\d+)*", args.explain_heads):
+        print(f"error: --explain_heads takes head numbers like 0,1,2, got {args.explain_heads!r}",
+              file=sys.stderr)
+        return 2
     if args.top_k < 1 or args.batch_size < 1:
         print("error: --top_k and --batch_size must be >= 1", file=sys.stderr)
         return 2

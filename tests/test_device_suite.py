@@ -31,7 +31,7 @@ def test_device_suite_smoke(tmp_path):
         for v in ("conv/auto", "conv/native", "conv/taps2d", "patches/lax", "patches/stack")}
     assert all(rec["fwd_bwd_ms"] > 0 for rec in layer)
     tune = [rec for rec in summary if rec["part"] == "autotune"]
-    assert [rec["dtype"] for rec in tune] == ["float32", "bfloat16"]
+    assert [rec["dtype"] for rec in tune] == ["float32"]    # bfloat16 too without --smoke
     for rec in tune:  # every RSA layer shape of the train model, every candidate timed
         assert len(rec["table"]) == 2
         for e in rec["table"].values():

@@ -176,3 +176,8 @@ def test_explain_writes_legible_figures(workdir, tmp_path):
     np.testing.assert_allclose(k["frame_logits"].mean(0), k["logits"], rtol=1e-5, atol=1e-6)
     with pytest.raises(ValueError, match="outside the layer grid"):
         explain.layer_kernels(loaded, clip, "layer2_1", (9, 0, 0))
+    # --explain_heads: one row per chosen head, so the figure is shorter; unknown heads fail.
+    one = explain.plot_kernels(clip, k, str(tmp_path / "head1.png"), heads=[1])
+    assert mpimg.imread(one).shape[0] < mpimg.imread(paths[0]).shape[0]
+    with pytest.raises(ValueError, match=r"heads must be in 0\.\.1"):
+        explain.plot_kernels(clip, k, str(tmp_path / "bad.png"), heads=[2])
