@@ -87,9 +87,11 @@ def converted(tmp_path_factory, fixture):
     pth = save_official(tmp / "resnet_rgb_model_best.pth.tar",
                         official_state_dict(cfg["weight_salt"]))
     out = tmp / "orbax"
+    labels = tmp / "labels.txt"
+    labels.write_text("".join(f"action {i}\n" for i in range(174)))
     proc = subprocess.run(
         [sys.executable, "-m", "rsa_jax.convert", "official", str(pth), str(out),
-         "--num_segments", str(cfg["num_segments"])],
+         "--num_segments", str(cfg["num_segments"]), "--labels", str(labels)],
         cwd=REPO, capture_output=True, text=True,
         env=dict(os.environ, JAX_PLATFORMS="cpu"))
     assert proc.returncode == 0, proc.stderr
@@ -124,6 +126,9 @@ def test_cli_output_layout(converted, fixture):
     assert cfg["rsa"]["kernel_type"] == "VplusR" and cfg["rsa"]["context_type"] == "VplusR"
     info = json.loads((out / "conversion.json").read_text())
     assert info["epoch"] == 80 and info["num_segments"] == 4
+    # --labels: the names travel with the checkpoint (predict/analyze read them).
+    names = json.loads((out / "class_names.json").read_text())
+    assert len(names) == 174 and names[0] == "action 0" and names[173] == "action 173"
 
 
 def test_cli_checkpoint_matches_fixture(converted, fixture, apply_fn):

@@ -15,6 +15,7 @@ import sys
 from rsa_jax.convert.official import _save_orbax, official_to_orbax
 from rsa_jax.convert.torch_io import CheckpointError
 from rsa_jax.convert.torchvision import torchvision_to_backbone
+from rsa_jax.inference import read_labels, write_class_names
 from rsa_jax.models import default_model_config
 
 
@@ -53,6 +54,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("input")
     p.add_argument("out_dir")
     p.add_argument("--num_segments", type=int, default=None)
+    p.add_argument("--labels", default=None, metavar="FILE",
+                   help="class names (one per line, or a JSON list), stored with the "
+                        "checkpoint as class_names.json for predict/analyze")
     p.add_argument("--overwrite", action="store_true")
     p.add_argument("--trust_pickle", action="store_true",
                    help="allow arbitrary pickled objects (torch.load weights_only=False)")
@@ -70,8 +74,15 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         if args.kind == "official":
+            names = read_labels(args.labels) if args.labels else None
             cfg = official_to_orbax(args.input, args.out_dir, num_segments=args.num_segments,
                                     overwrite=args.overwrite, trust_pickle=args.trust_pickle)
+            if names is not None:
+                if len(names) != cfg["num_classes"]:
+                    raise ValueError(f"{args.labels}: {len(names)} class names, but the "
+                                     f"checkpoint has {cfg['num_classes']} classes (converted "
+                                     f"to {args.out_dir} without class names)")
+                write_class_names(args.out_dir, names)
         else:
             cfg = default_model_config()
             if args.model_config:
