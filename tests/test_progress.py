@@ -98,9 +98,13 @@ def test_profiler_traces_the_chosen_steps(tmp_path):
 
 
 def test_hparams_are_flat_with_nested_fields():
-    hp = writers.flat_hparams(synthetic.get_config())
-    assert hp["model.depth"] == 18 and hp["data.num_frames"] == 8
-    assert hp["model.rsa.num_heads"] == 8 and hp["learning_rate"] == 0.1
+    config = synthetic.get_config()
+    hp = writers.flat_hparams(config)
+    assert hp["model.depth"] == config.model.depth
+    assert hp["data.num_frames"] == config.data.num_frames
+    # a field two levels down (a dict inside a ConfigDict) is flattened with dots
+    assert hp["model.rsa.num_heads"] == config.model.rsa["num_heads"]
+    assert hp["learning_rate"] == config.learning_rate
     assert hp["data.crop_scales"] == "[1.0, 0.875]" and hp["data.data_dir"] == "null"
     assert all(isinstance(v, (bool, int, float, str)) for v in hp.values())
 
