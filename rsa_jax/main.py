@@ -48,7 +48,6 @@ def _fatal(error: Exception) -> None:
     sys.exit(f"FATAL: {error}")
 
 
-
 def main(argv):
     del argv
     if not FLAGS.library_logs:

@@ -104,7 +104,6 @@ def main(argv: list[str]) -> None:
     print(line, flush=True)
 
 
-
 if __name__ == "__main__":
     from rsa_jax import validate  # lazily, as before: it loads the builders
     app.run(main, flags_parser=validate.parse_flags)
