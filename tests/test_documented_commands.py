@@ -224,7 +224,8 @@ def test_paths_override_and_defaults_stay_none(monkeypatch):
     monkeypatch.chdir(ROOT)
     paths = ('torchvision_init', 'init_from', 'data.data_dir', 'data.manual_dir')
     for config in ('configs/ssv2.py', 'configs/ssv1.py:8', 'configs/diving48.py',
-                   'configs/finegym.py:16,gym288', 'configs/synthetic.py:tsn2d'):
+                   'configs/finegym.py:16,gym288', 'configs/finetune.py:4,8',
+                   'configs/synthetic.py:tsn2d'):
         cfg = parse_main([f'--config={config}', '--workdir=/w']).config
         assert all(cfg[p.split('.')[0]][p.split('.')[1]] is None if '.' in p
                    else cfg[p] is None for p in paths), config
