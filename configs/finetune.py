@@ -40,6 +40,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
 
     c.model.num_classes = int(parts[0])
     c.model.dropout = 0.5                  # small datasets over-fit
+    c.model.bn_group_clips = 0             # statistics over the whole batch (ssv2.py: 8)
 
     c.global_batch_size = 8
     c.learning_rate = 0.001
