@@ -238,3 +238,37 @@ def test_channel_matmul_gradient_matches_einsum(c_in, c_out):
                    (0, 1))(x, w)
     for a, b in zip(ours, ref):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("hw,k,s", [((2, 2), 3, 1), ((3, 5), 3, 2), ((6, 6), 3, 2),
+                                    ((5, 4), 7, 2), ((4, 4), 1, 1)])
+def test_im2col_conv_matches_lax_conv_and_its_gradients(hw, k, s):
+    from jax import lax
+
+    from rsa_jax.models.resnet_tsn import conv2d_im2col
+    def ref(x, w):
+        return lax.conv_general_dilated(x, w, (s, s), [(k // 2, k // 2)] * 2,
+                                        dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+    with jax.enable_x64(True):
+        x = jax.random.normal(jax.random.key(0), (3,) + hw + (5,), jnp.float64)
+        w = jax.random.normal(jax.random.key(1), (k, k, 5, 6), jnp.float64)
+        y, y_ref = conv2d_im2col(x, w, (s, s)), ref(x, w)
+        assert y.shape == y_ref.shape
+        np.testing.assert_allclose(y, y_ref, rtol=0, atol=1e-12)
+        loss = lambda f: lambda x, w: jnp.sum(jnp.sin(f(x, w)))  # noqa: E731
+        ours = jax.grad(loss(lambda x, w: conv2d_im2col(x, w, (s, s))), (0, 1))(x, w)
+        theirs = jax.grad(loss(ref), (0, 1))(x, w)
+        for a, b in zip(ours, theirs):
+            np.testing.assert_allclose(a, b, rtol=0, atol=1e-12)
+
+
+def test_im2col_is_chosen_on_cpu_for_small_output_frames_only():
+    from rsa_jax.models.resnet_tsn import IM2COL_MAX_POSITIONS, use_im2col
+    assert use_im2col((2, 2), (3, 3), (1, 1), backend="cpu")
+    assert use_im2col((12, 12), (3, 3), (2, 2), backend="cpu")      # 6×6 out
+    assert not use_im2col((12, 12), (3, 3), (1, 1), backend="cpu")  # 12×12 out
+    assert not use_im2col((2, 2), (3, 3), (1, 1), backend="gpu")
+    side = int(IM2COL_MAX_POSITIONS ** 0.5)
+    assert use_im2col((side, side), (3, 3), (1, 1), backend="cpu")
+    assert not use_im2col((side + 1, side), (3, 3), (1, 1), backend="cpu")

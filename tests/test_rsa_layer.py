@@ -255,3 +255,35 @@ def test_patches_lax_patch_op_matches_official_on_the_smallest_fixture():
     v = jax.random.normal(jax.random.PRNGKey(0), (1, 3, 4, 5, 2))
     np.testing.assert_array_equal(conv_forms.extract_windows(v, (3, 3, 1), "lax"),
                                   conv_forms.extract_windows(v, (3, 3, 1), "stack"))
+
+
+def test_cpu_small_matmul_avoids_the_slow_batched_dot_and_equals_einsum():
+    """(4, 4, 4) per-position products run as multiply + sum on CPU (no dot), and the
+    layer with 4 heads of 4 channels (its three products are all (4, 4, 4), its H1
+    convolution in the banded 'row' form on 12×12 frames) equals the native path."""
+    a = jax.random.normal(jax.random.key(0), (5, 4, 4))
+    b = jax.random.normal(jax.random.key(1), (5, 4, 4))
+    prims = {e.primitive.name for e in jax.make_jaxpr(conv_forms._cpu_matmul)(a, b).eqns}
+    assert "dot_general" not in prims
+    big = jax.make_jaxpr(conv_forms._cpu_matmul)(jnp.ones((5, 8, 8)), jnp.ones((5, 8, 8)))
+    assert "custom_vjp_call" in {e.primitive.name for e in big.eqns}  # _pmm kept
+    assert conv_forms.select_forms("auto", (12, 12), (3, 7, 7), 4,
+                                   backend="cpu").shared_form == "row"
+    # float64: the forms sum in different orders, which float32 shows at ~1e-5 in
+    # the filter gradients (sums over every position); float64 leaves ~1e-14.
+    with jax.enable_x64(True):
+        x = jax.random.normal(jax.random.key(2), (2, 3, 12, 12, 16), jnp.float64)
+        cfg = dict(features=16, num_heads=4, kernel_size=(3, 7, 7))
+        params = RSA(**cfg).init(jax.random.key(3), x)["params"]
+        params = jax.tree.map(
+            lambda p: p + 0.3 * jax.random.normal(jax.random.key(4), p.shape, p.dtype), params)
+        outs = []
+        for strategy in ("auto", "native"):
+            layer = _layer("conv", strategy, **cfg)
+            y, vjp = jax.vjp(lambda p, x, layer=layer: layer.apply({"params": p}, x),
+                             params, x)
+            outs.append((y, vjp(jnp.cos(y))))
+    assert outs[0][0].dtype == jnp.float64
+    assert rel_err(outs[0][0], outs[1][0]) < 1e-12
+    for g, ref in zip(jax.tree.leaves(outs[0][1]), jax.tree.leaves(outs[1][1]), strict=True):
+        assert rel_err(g, ref) < 1e-12

@@ -128,6 +128,44 @@ def _max_pool_stem_bwd(res, g):
 max_pool_stem.defvjp(_max_pool_stem_fwd, _max_pool_stem_bwd)
 
 
+# Largest output frame (positions) for which CPU (1,k,k) convolutions run as im2col.
+IM2COL_MAX_POSITIONS = 36
+
+
+def use_im2col(frame_hw: Sequence[int], kernel_hw: Sequence[int], strides_hw: Sequence[int],
+               backend: str | None = None) -> bool:
+    """Whether a per-frame convolution runs as `conv2d_im2col` rather than lax's conv.
+
+    On CPU, for output frames of at most `IM2COL_MAX_POSITIONS` positions (the
+    demo's and small-input stages 3-4): XLA:CPU's convolution, and above all its
+    gradients, is slow there (fwd+bwd, 128 frames, 2 cores: 3×3 conv 128→128 on
+    2×2 frames 57.6 -> 8.6 ms, 64→64 on 3×3 6.0 -> 3.0 ms; docs/benchmarks.md#cpu-forms).
+    Larger frames, and every accelerator, keep the native convolution.
+    """
+    if (backend or jax.default_backend()) != "cpu":
+        return False
+    ho, wo = ((n + 2 * (k // 2) - k) // s + 1 for n, k, s in zip(frame_hw, kernel_hw, strides_hw))
+    return ho * wo <= IM2COL_MAX_POSITIONS
+
+
+def conv2d_im2col(x: jax.Array, w: jax.Array, strides: Sequence[int],
+                  precision: Any = None) -> jax.Array:
+    """NHWC 2-D convolution with PyTorch padding k//2, as k·k strided slices + one matmul.
+
+    Same values as ``lax.conv_general_dilated`` up to float summation order: the
+    window taps are stacked along channels in (kH, kW, C) order, the flattening of an
+    HWIO kernel, and contracted with `channel_matmul` (whose weight gradient suits CPU).
+    """
+    kh, kw = w.shape[:2]
+    sh, sw = strides
+    n, h, wd, c = x.shape
+    ho, wo = (h - 1) // sh + 1, (wd - 1) // sw + 1   # odd kernels, padding k // 2
+    xp = jnp.pad(x, ((0, 0), (kh // 2, kh // 2), (kw // 2, kw // 2), (0, 0)))
+    cols = jnp.concatenate([xp[:, a:a + sh * (ho - 1) + 1:sh, b:b + sw * (wo - 1) + 1:sw]
+                            for a in range(kh) for b in range(kw)], axis=-1)
+    return channel_matmul(cols, w.reshape(kh * kw * c, w.shape[-1]), precision)
+
+
 class GroupBatchNorm(nn.Module):
     """Batch norm whose training statistics are over groups of ``group_clips`` clips.
 
@@ -220,9 +258,13 @@ class Conv(nn.Module):
         if ks[0] == 1 and st[0] == 1:
             # Frames are independent: fold T into the batch (faster 2-D conv on CPU).
             b, t = x.shape[:2]
-            y = lax.conv_general_dilated(
-                x.reshape((b * t,) + x.shape[2:]), w[0], st[1:], pad[1:],
-                dimension_numbers=("NHWC", "HWIO", "NHWC"), precision=self.precision)
+            x2 = x.reshape((b * t,) + x.shape[2:])
+            if use_im2col(x.shape[2:4], ks[1:], st[1:]):
+                y = conv2d_im2col(x2, w[0], st[1:], self.precision)
+            else:
+                y = lax.conv_general_dilated(
+                    x2, w[0], st[1:], pad[1:],
+                    dimension_numbers=("NHWC", "HWIO", "NHWC"), precision=self.precision)
             return y.reshape((b, t) + y.shape[1:])
         return lax.conv_general_dilated(
             x, w, st, pad, dimension_numbers=("NTHWC", "THWIO", "NTHWC"),
