@@ -19,10 +19,10 @@ mkdir -p docs/img
 python tests/predict_fresh_clips.py --workdir "$WORKDIR" --generate 64 --out "$TMP/clips"
 
 # Kernel and evidence pictures of clip 0 ('Moving something from left to right').
-# layer1_1 (12x12 grid at 48² input) shows a 7x7 window inside the frame (its first 4 of
-# 16 heads: all 16 make a very tall picture); the default,
-# the last RSA layer, runs on a 2x2 grid where most of the window is zero padding.
-python -m rsa_jax.predict --checkpoint "$WORKDIR" --explain "$TMP/explain" --explain_layer layer1_1 --explain_heads 0,1,2,3 \
+# layer1_1 (12x12 grid at 48² input, both of its 2 heads) shows a 7x7 window inside the
+# frame; the default, the last RSA layer, runs on a 2x2 grid where most of the window
+# is zero padding.
+python -m rsa_jax.predict --checkpoint "$WORKDIR" --explain "$TMP/explain" --explain_layer layer1_1 \
   "$TMP/clips/fresh_0000"
 cp "$TMP"/explain/fresh_0000_kernels_*.png docs/img/rsa_kernels.png
 cp "$TMP/explain/fresh_0000_evidence.png" docs/img/class_evidence.png

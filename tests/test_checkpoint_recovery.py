@@ -156,6 +156,6 @@ def test_training_checks_before_overwriting_config_json(tmp_path):
     now = synthetic.get_config()
     now.model.width = 32
     from rsa_jax.train import train
-    with pytest.raises(CheckpointError, match=r"model.width: 16 -> 32"):
+    with pytest.raises(CheckpointError, match=rf"model.width: {saved.model.width} -> 32"):
         train.train_and_evaluate(now, workdir)   # stops before any build or compile
     assert open(os.path.join(workdir, "config.json")).read() == before
