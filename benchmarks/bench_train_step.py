@@ -5,6 +5,8 @@
     python benchmarks/bench_train_step.py --input_dtype uint8   # raw pixels, normalised on device
     python benchmarks/bench_train_step.py --remat block --compile_only --batch 8 --frames 16
     python benchmarks/bench_train_step.py --remat none,rsa,block --frames 4 --size 112 --batch 2
+    python benchmarks/bench_train_step.py --config synthetic --batch 16 --frames 8 --size 48 \
+        --im2col_max_positions 36,0               # the CPU demo's net, with / without im2col
 
 ``--compile_only`` builds the state abstractly (no initialisation, no step run)
 and prints XLA's compiled memory analysis of the step (``temp_bytes``,
@@ -37,10 +39,10 @@ import jax
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from configs import ssv2  # noqa: E402
+from configs import ssv2, synthetic  # noqa: E402
 from rsa_jax import parallel  # noqa: E402
 from rsa_jax.data import transforms  # noqa: E402
-from rsa_jax.models import build_model  # noqa: E402
+from rsa_jax.models import build_model, resnet_tsn  # noqa: E402
 from rsa_jax.train import optim, train  # noqa: E402
 from rsa_jax.train import step as step_lib
 
@@ -101,7 +103,8 @@ def compile_only_line(c, mesh, args) -> dict:
 
 
 def _model_name(c) -> str:
-    return f"{'RSA' if c.model.backbone == 'rsa' else c.model.backbone.upper()}-R50"
+    name = f"{'RSA' if c.model.backbone == 'rsa' else c.model.backbone.upper()}-R{c.model.depth}"
+    return name if c.model.width == 64 else f"{name}-w{c.model.width}"
 
 
 def main() -> None:
@@ -117,6 +120,13 @@ def main() -> None:
     p.add_argument("--remat", default="none",
                    help="none | rsa | block, or a comma list of them (one line each)")
     p.add_argument("--backbone", default="rsa", choices=["rsa", "tsn2d", "tsn3d"])
+    p.add_argument("--config", default="ssv2", choices=["ssv2", "synthetic"],
+                   help="synthetic: the CPU demo's net (configs/synthetic.py)")
+    p.add_argument("--width", type=int, default=None, help="override model.width")
+    p.add_argument("--heads", type=int, default=None, help="override model.rsa.num_heads")
+    p.add_argument("--im2col_max_positions", default=None,
+                   help="CPU im2col threshold (resnet_tsn.IM2COL_MAX_POSITIONS; 0 = never), "
+                        "or a comma list of them (one line each)")
     p.add_argument("--compile_only", action="store_true",
                    help="print compiled memory + compile seconds; run no step")
     p.add_argument("--fast_compile", action="store_true",
@@ -125,13 +135,25 @@ def main() -> None:
     settings = args.remat.split(",")
     if not set(settings) <= {"none", "rsa", "block"}:
         p.error(f"--remat: none, rsa or block (comma-separated), got {args.remat!r}")
+    thresholds = (args.im2col_max_positions.split(",") if args.im2col_max_positions
+                  else [str(resnet_tsn.IM2COL_MAX_POSITIONS)])
     for remat in settings:
-        args.remat = remat
-        run(args)
+        for threshold in thresholds:
+            args.remat = remat
+            resnet_tsn.IM2COL_MAX_POSITIONS = int(threshold)   # read when the step is traced
+            run(args)
 
 
 def run(args) -> None:
-    c = ssv2.get_config(str(args.frames))
+    if args.config == "synthetic":
+        c = synthetic.get_config(args.backbone)
+        c.data.num_frames = args.frames
+    else:
+        c = ssv2.get_config(str(args.frames))
+    if args.width:
+        c.model.width = args.width
+    if args.heads:
+        c.model.rsa["num_heads"] = args.heads
     c.data.image_size = args.size
     c.global_batch_size = args.batch
     c.model.dtype = args.dtype
@@ -149,7 +171,8 @@ def run(args) -> None:
     video = rng.randint(0, 256, shape).astype(np.uint8)
     if args.input_dtype == "float32":
         video = transforms.normalize(video)
-    host_batch = {"video": video, "label": rng.randint(0, 174, args.batch).astype(np.int32)}
+    host_batch = {"video": video,
+                  "label": rng.randint(0, c.model.num_classes, args.batch).astype(np.int32)}
     batch = parallel.shard_batch(host_batch, mesh)
 
     t0 = time.perf_counter()
@@ -177,7 +200,8 @@ def run(args) -> None:
            "dtype": args.dtype, "implementation": args.implementation,
            "input_dtype": args.input_dtype, "input_bytes": int(video.nbytes),
            "host_to_device_s": round(statistics.median(put), 5),
-           "remat": args.remat,
+           "remat": args.remat, "num_heads": c.model.rsa["num_heads"],
+           "im2col_max_positions": resnet_tsn.IM2COL_MAX_POSITIONS,
            "compile_s": round(compile_s, 2), "step_s": round(step_s, 4),
            "step_s_per_clip": round(step_s / args.batch, 4),
            "step_s_min": round(min(times), 4), "step_s_max": round(max(times), 4),

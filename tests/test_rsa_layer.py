@@ -287,3 +287,21 @@ def test_cpu_small_matmul_avoids_the_slow_batched_dot_and_equals_einsum():
     assert rel_err(outs[0][0], outs[1][0]) < 1e-12
     for g, ref in zip(jax.tree.leaves(outs[0][1]), jax.tree.leaves(outs[1][1]), strict=True):
         assert rel_err(g, ref) < 1e-12
+
+
+def test_small_head_layer_gradient_at_batch_one_runs():
+    """A batch of one clip with 4-channel heads (the (2, 4, 4) products `_cpu_matmul`
+    would sum by hand) once crashed XLA:CPU; run it in a child so a crash fails here."""
+    code = ("import jax, jax.numpy as jnp\n"
+            "from rsa_jax.layers import RSA\n"
+            "x = jax.random.normal(jax.random.key(0), (1, 2, 8, 8, 8))\n"
+            "m = RSA(features=8, num_heads=2, kernel_size=(3, 3, 3))\n"
+            "p = m.init(jax.random.key(1), x)['params']\n"
+            "g = jax.grad(lambda p, x: jnp.sum(m.apply({'params': p}, x) ** 2), (0, 1))\n"
+            "print(float(jnp.sum(jax.jit(g)(p, x)[1] ** 2)) > 0)\n")
+    import subprocess
+    import sys
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                       timeout=300, cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    assert r.returncode == 0, (r.returncode, r.stderr[-2000:])
+    assert r.stdout.strip().endswith("True")
