@@ -139,7 +139,7 @@ def use_im2col(frame_hw: Sequence[int], kernel_hw: Sequence[int], strides_hw: Se
     On CPU, for output frames of at most `IM2COL_MAX_POSITIONS` positions (the
     demo's and small-input stages 3-4): XLA:CPU's convolution, and above all its
     gradients, is slow there (fwd+bwd, 128 frames, 2 cores: 3×3 conv 128→128 on
-    2×2 frames 57.6 -> 8.6 ms, 64→64 on 3×3 6.0 -> 3.0 ms; docs/benchmarks.md#cpu-forms).
+    2×2 frames 50.5 -> 4.5 ms, 64→64 on 3×3 5.9 -> 3.2 ms; docs/benchmarks.md#cpu-forms).
     Larger frames, and every accelerator, keep the native convolution.
     """
     if (backend or jax.default_backend()) != "cpu":
