@@ -84,3 +84,21 @@ def test_loader_rejects_a_wrong_shape_and_names_missing_files(exported, tmp_path
         model(np.zeros((1, 8, 28, 28, 3), np.float32))
     with pytest.raises(FileNotFoundError, match="serving.json: missing"):
         serving.load(str(tmp_path))
+
+
+def test_cpu_per_position_matmul_exports_with_a_symbolic_batch():
+    """The CPU matmul form that depends on the batch size (n, j, d <= 4, n·j·d >= 32:
+    the demo's stage 1, 2 heads of 4 channels) must trace with a symbolic batch, the
+    default `--batch dynamic`; it used to raise InconclusiveDimensionOperation."""
+    import jax
+    from jax import export as jax_export
+
+    from rsa_jax.layers import conv_forms
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=(3, 5, 2, 4)).astype(np.float32)
+    w = rng.normal(size=(3, 5, 4, 4)).astype(np.float32)
+    b = jax_export.symbolic_shape("b")[0]
+    exp = jax_export.export(jax.jit(conv_forms._cpu_matmul), platforms=["cpu"])(
+        jax.ShapeDtypeStruct((b,) + a.shape[1:], a.dtype),
+        jax.ShapeDtypeStruct((b,) + w.shape[1:], w.dtype))
+    np.testing.assert_allclose(np.asarray(exp.call(a, w)), a @ w, rtol=1e-5, atol=1e-6)

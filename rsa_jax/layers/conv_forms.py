@@ -284,7 +284,9 @@ def _cpu_matmul(a: jax.Array, b: jax.Array) -> jax.Array:
     n, j, d = a.shape[-2], a.shape[-1], b.shape[-1]
     # Not with a leading (batch) axis of 1: the gradient of this form then crashes
     # XLA:CPU (jax 0.10.2, segfault at compile or run; tests/test_rsa_layer.py).
-    if max(n, j, d) <= 4 and n * j * d >= 32 and a.shape[0] > 1:
+    # A symbolic batch (jax.export, --batch dynamic) is not known to exceed 1.
+    if (max(n, j, d) <= 4 and n * j * d >= 32 and isinstance(a.shape[0], int)
+            and a.shape[0] > 1):
         return jnp.sum(a[..., :, :, None] * b[..., None, :, :], axis=-2)
     return _pmm(a, b)
 
