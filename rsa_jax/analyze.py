@@ -156,7 +156,7 @@ def _write_csv(path: str, rows: list[dict]) -> None:
 
 
 def _names(scores_path: str, labels: str | None, num_classes: int) -> list[str]:
-    from rsa_jax.inference import CLASS_NAMES_FILE, read_labels
+    from rsa_jax.labels import CLASS_NAMES_FILE, read_labels
     if labels:
         names = read_labels(labels)
     else:

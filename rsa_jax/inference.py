@@ -26,7 +26,8 @@ from typing import Any
 
 import numpy as np
 
-CLASS_NAMES_FILE = "class_names.json"
+from rsa_jax.labels import CLASS_NAMES_FILE, read_labels
+
 # Official evaluation input when a converted directory says nothing else
 # (docs/method.md#official-conventions): 8 frames, 224² centre crop of 240×320.
 _DEFAULT_DATA = dict(num_frames=8, image_size=224, height=240, width=320, storage="jpeg")
@@ -51,28 +52,6 @@ class LoadedModel:
     data: dict
     class_names: list[str]
     source: str
-
-
-def read_labels(path: str) -> list[str]:
-    """Class names from a JSON list or a text file with one name per line."""
-    try:
-        with open(path, encoding="utf-8") as f:
-            text = f.read()
-    except OSError as e:
-        raise FileNotFoundError(f"{path}: cannot read labels file ({e.strerror})") from e
-    if text.lstrip().startswith("["):
-        names = json.loads(text)
-    else:
-        names = [line.strip() for line in text.splitlines() if line.strip()]
-    return [str(n) for n in names]
-
-
-def write_class_names(directory: str, names: list[str]) -> str:
-    """Writes ``<directory>/class_names.json`` (a JSON list); returns its path."""
-    path = os.path.join(directory, CLASS_NAMES_FILE)
-    with open(path, "w", encoding="utf-8") as f:
-        json.dump(list(names), f, indent=1)
-    return path
 
 
 def stored_frame_format(data_cfg: dict | None) -> dict:
@@ -132,7 +111,7 @@ def _restore_workdir_state(ckpt_dir: str) -> tuple[dict, int]:
 
     from rsa_jax.train.checkpoint import Checkpointer
     ckpt = Checkpointer(ckpt_dir, read_only=True)
-    step = ckpt.best_step() or ckpt.latest_step()
+    step = ckpt.best_or_latest_step()
     if step is None:
         raise FileNotFoundError(f"{ckpt_dir}: no checkpoint steps")
     out = ckpt.manager.restore(step, args=ocp.args.Composite(

@@ -35,7 +35,7 @@ def make_workdir(root: str, seed: int = 0) -> tuple[str, ml_collections.ConfigDi
     """Writes the workdir; returns (workdir, config)."""
     from rsa_jax import parallel
     from rsa_jax.data import pipeline
-    from rsa_jax.inference import write_class_names
+    from rsa_jax.labels import write_class_names
     from rsa_jax.train import train
     from rsa_jax.train.checkpoint import Checkpointer
 

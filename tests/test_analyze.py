@@ -7,7 +7,7 @@ import json
 import numpy as np
 
 from rsa_jax import analyze
-from rsa_jax.inference import write_class_names
+from rsa_jax.labels import write_class_names
 
 NAMES = ["Pushing something from left to right", "Pushing something from right to left",
          "Holding something", "Moving something up"]

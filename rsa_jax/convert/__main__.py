@@ -15,7 +15,7 @@ import sys
 from rsa_jax.convert.official import _save_orbax, official_to_orbax
 from rsa_jax.convert.torch_io import CheckpointError
 from rsa_jax.convert.torchvision import torchvision_to_backbone
-from rsa_jax.inference import read_labels, write_class_names
+from rsa_jax.labels import read_labels, write_class_names
 from rsa_jax.models import default_model_config
 
 

@@ -63,6 +63,11 @@ class Checkpointer:
         """Step of the best checkpoint by the metric; None if none has metrics."""
         return self.manager.best_step()
 
+    def best_or_latest_step(self) -> int | None:
+        """The step to load from a finished or stopped run: the best by the metric,
+        else the latest; None if there is no checkpoint."""
+        return self.best_step() or self.latest_step()
+
     def save(self, step: int, state: Any, data_iter: Any = None,
              metrics: dict[str, float] | None = None) -> None:
         items = {"state": ocp.args.StandardSave(state)}

@@ -19,7 +19,7 @@ import orbax.checkpoint as ocp
 from absl import logging
 from clu import parameter_overview
 
-from rsa_jax import parallel
+from rsa_jax import labels, parallel
 from rsa_jax.data import pipeline
 from rsa_jax.models import build_model
 from rsa_jax.train import capacity, optim, preemption, progress, tuning, writers
@@ -53,7 +53,7 @@ def resolve_init_from(path: str) -> str:
         path = os.path.join(path, "checkpoints")
     if any(_is_step_dir(os.path.join(path, d)) for d in os.listdir(path)):
         ckpt = Checkpointer(path, read_only=True)
-        step = ckpt.best_step() or ckpt.latest_step()
+        step = ckpt.best_or_latest_step()
         path = os.path.join(path, str(step))
     if _is_step_dir(path):
         path = os.path.join(path, "state")
@@ -103,8 +103,7 @@ def _write_class_names(config, workdir: str) -> None:
         raise ValueError(f"dataset {config.data.name} has {len(names)} classes but "
                          f"--config.model.num_classes is {config.model.num_classes}")
     if parallel.is_main_process():
-        from rsa_jax.inference import write_class_names
-        write_class_names(workdir, names)
+        labels.write_class_names(workdir, names)
 
 
 def _prepare_data(config) -> None:
@@ -366,10 +365,10 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str, mode: s
     state, shardings, _, eval_fn = setup(config, mesh, steps_per_epoch=1)
     ckpt_dir = os.path.join(workdir, "checkpoints")
     ckpt = Checkpointer(ckpt_dir, read_only=True) if os.path.isdir(ckpt_dir) else None
-    best = ckpt.best_step() if ckpt else None
-    step = best or (ckpt.latest_step() if ckpt else None)
+    step = ckpt.best_or_latest_step() if ckpt else None
     if step:
         state, _ = ckpt.restore(step, abstract_like(state, shardings))
+        best = step == ckpt.best_step()
         source = f"{ckpt.directory}/{step} ({'best top1' if best else 'latest'})"
         if config.get("init_from") and parallel.is_main_process():
             print(f"evaluating {source}; --config.init_from={config.init_from} is ignored "
