@@ -52,6 +52,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     c.log_every_steps = 20
     c.eval_every_epochs = 1
     c.eval_last_epochs = 0
+    c.official_epoch_step = False          # a quirk of the official loop, not of this recipe
     c.checkpoint_every_steps = 0           # 0: with every evaluation
     c.keep_checkpoints = 2
     c.eval_batch_size = 8

@@ -95,7 +95,9 @@ def get_config(arg: str = "16") -> ml_collections.ConfigDict:
     c.input_check_mfu = 0.3                # MFU assumed for the expected step time of that check
     c.eval_every_epochs = 5                # official eval_freq 5 (+ last 10 epochs)
     c.eval_last_epochs = 10                # official: also every epoch of the last 10; best top-1 kept
-    c.official_epoch_step = False          # True: the official extra zero-gradient SGD step per epoch
+    # The released loop steps SGD on zero gradients at every epoch start (main.py:270-274):
+    # weight decay + momentum at the base lr (docs/training.md#schedule).
+    c.official_epoch_step = True
     c.checkpoint_every_steps = 2640        # about one epoch
     c.keep_checkpoints = 3
     c.eval_batch_size = 64
