@@ -86,7 +86,8 @@ def main(argv):
                 validate.write_done(workdir, config, metrics)
         else:
             train.evaluate_checkpoint(config, workdir, mode=FLAGS.mode)
-    except (BadInputError, EmptySplitError, CheckpointError) as e:  # one line, no traceback
+    except (validate.ConfigError, BadInputError, EmptySplitError,
+            CheckpointError) as e:  # one line, no traceback
         _fatal(e)
     except Preempted as e:  # checkpoint written; the scheduler may restart the same command
         print(e, flush=True)   # every host: each host's log says why it stopped

@@ -26,6 +26,10 @@ TORCHVISION_URL = "https://download.pytorch.org/models/resnet50-19c8e357.pth"
 # Mirrors rsa_jax.models (compute dtypes; parameters stay float32). Kept here so
 # the check needs no JAX import; tests/test_validate.py pins that they agree.
 DTYPES = ("float32", "bfloat16", "float16")
+# `model.precision` of convolutions and matmuls (jax.lax.Precision names); None is the
+# backend's default: TF32 on Ampere/Hopper GPUs, bf16 passes on TPU, float32 on CPU.
+# 'highest' is true float32, as the official V100 run (docs/training.md#recipe-audit).
+PRECISIONS = ("default", "high", "highest")
 SYNTHETIC = "synthetic_motion"
 
 
@@ -34,12 +38,12 @@ class ConfigError(ValueError):
 
 
 def _builder_classes() -> dict[str, type]:
-    """Our TFDS builders by dataset name (importing them registers them)."""
+    """Our TFDS builders by dataset name (importing them registers them): every
+    `VideoBuilder` the builders package exports, so a new one cannot be left out."""
     from rsa_jax.data import builders
-    classes = (builders.SyntheticMotion, builders.SomethingSomethingV2,
-               builders.SomethingSomethingV1, builders.Diving48, builders.FineGym,
-               builders.VideoList)
-    return {cls.name: cls for cls in classes}
+    classes = [getattr(builders, n) for n in builders.__all__]
+    return {cls.name: cls for cls in classes if isinstance(cls, type)
+            and issubclass(cls, builders.VideoBuilder) and cls is not builders.VideoBuilder}
 
 
 def _suggest(word: str, options: Sequence[str]) -> str:
@@ -140,7 +144,7 @@ def _check_init(config: Any, workdir: str, mode: str) -> None:
 
 
 def _check_model(model: Any) -> None:
-    from rsa_jax.models.resnet_tsn import BACKBONES
+    from rsa_jax.models.resnet_tsn import BACKBONES, STAGE_BLOCKS
     backbone = model.get("backbone", "rsa")
     if backbone not in BACKBONES:
         raise ConfigError(f"--config.model.backbone={backbone!r} is not one of "
@@ -149,6 +153,100 @@ def _check_model(model: Any) -> None:
     if dtype not in DTYPES:
         raise ConfigError(f"--config.model.dtype={dtype!r} is not one of {', '.join(DTYPES)}"
                           f"{_suggest(str(dtype), DTYPES)}")
+    precision = model.get("precision")
+    if precision is not None and precision not in PRECISIONS:
+        raise ConfigError(f"--config.model.precision={precision!r} is not one of "
+                          f"{', '.join(PRECISIONS)} (or None, the backend's default)"
+                          f"{_suggest(str(precision), PRECISIONS)}")
+    depth = model.get("depth", 50)
+    if depth not in STAGE_BLOCKS:
+        raise ConfigError(f"--config.model.depth={depth} is not one of "
+                          f"{', '.join(str(d) for d in sorted(STAGE_BLOCKS))} (ResNet layouts)")
+    for key in ("width", "num_classes"):
+        value = model.get(key, 1)
+        if not isinstance(value, int) or value < 1:
+            raise ConfigError(f"--config.model.{key}={value!r} must be an integer >= 1")
+    _check_rsa_blocks(model)
+
+
+def _check_rsa_blocks(model: Any) -> None:
+    """Block layout and every RSA layer's head sizes, as the model will resolve them
+    (no JAX computation: `block_specs` and `resolve_dims` are plain Python)."""
+    from rsa_jax.layers.rsa import resolve_dims
+    from rsa_jax.models import build_model
+    try:
+        net = build_model(model)
+        specs = net.block_specs()
+    except (ValueError, TypeError) as e:
+        raise ConfigError(f"--config.model: {e}") from None
+    rsa = dict(net.rsa)
+    for spec in specs:
+        if not spec["rsa"]:
+            continue
+        try:
+            resolve_dims(spec["planes"], rsa.get("num_heads", 8), rsa.get("key_dim"),
+                         rsa.get("value_dim"), rsa.get("latent_dim"), rsa["kernel_size"],
+                         rsa.get("kernel_type", "VplusR"), rsa.get("context_type", "VplusR"))
+        except ValueError as e:
+            raise ConfigError(f"--config.model.rsa: RSA block {spec['name']} "
+                              f"({spec['planes']} channels): {e}") from None
+
+
+def _check_schedule(config: Any) -> None:
+    steps, epochs = config.get("num_train_steps", -1), config.get("num_epochs")
+    if steps is not None and steps > 0:
+        return
+    if epochs is None or epochs <= 0:
+        raise ConfigError(f"--config.num_epochs={epochs} must be > 0 (or set "
+                          "--config.num_train_steps to a positive step count)")
+
+
+def _flip_ids(data: Any) -> None:
+    """``--config.data.flip_exempt_classes=None`` reaches the config as ``(None,)``:
+    it means None (exemptions derived from class names), as documented."""
+    ids = data.get("flip_exempt_classes")
+    if ids is None:
+        return
+    if isinstance(ids, (tuple, list)) and all(i is None for i in ids) and ids:
+        data.flip_exempt_classes = None
+        return
+    if not isinstance(ids, (tuple, list)) or not all(
+            isinstance(i, int) and not isinstance(i, bool) for i in ids):
+        raise ConfigError(f"--config.data.flip_exempt_classes={ids!r} must be class ids "
+                          "such as (86, 87), () for none, or None to find left/right "
+                          "classes by name")
+
+
+def check_classes(config: Any, names: Sequence[str] | None = None) -> None:
+    """The dataset's classes against ``model.num_classes`` and the flip-exempt ids.
+
+    Needs the built dataset (``names`` default: its class names). `validate` runs it
+    when the dataset is built already; training runs it right after building one,
+    before anything is written to the workdir.
+
+    Raises:
+      ConfigError: a class-count mismatch, or flip ids that are not classes.
+    """
+    from rsa_jax.data import pipeline
+    names = list(pipeline.class_names(config.data) if names is None else names)
+    want = config.get("model", {}).get("num_classes")
+    if want is not None and want != len(names):
+        raise ConfigError(f"--config.model.num_classes={want} but dataset {config.data.name} "
+                          f"has {len(names)} classes; set --config.model.num_classes="
+                          f"{len(names)}")
+    check_flip_ids(config.data, names)
+
+
+def check_flip_ids(data: Any, names: Sequence[str]) -> None:
+    """``data.flip_exempt_classes`` must be ids of the dataset's classes."""
+    from rsa_jax.data import pipeline
+    try:
+        pipeline.flip_exempt_ids(data, list(names))
+    except ValueError as e:
+        raise ConfigError(f"--config.{e}; these ids are a config's (configs/ssv2.py: "
+                          "Something-Something's order): set --config.data.flip_exempt_classes"
+                          "=None to find left/right classes by name, or list this dataset's "
+                          "ids") from None
 
 
 def _builder_config(cls: type, name: str | None, flag: str) -> Any:
@@ -276,9 +374,14 @@ def validate(config: Any, workdir: str, *, mode: str = "train",
     _check_workdir(workdir)
     _check_init(config, workdir, mode)
     _check_model(config.model)
+    if mode == "train":
+        _check_schedule(config)
+    _flip_ids(config.data)
     check_data(config.data)
     if num_devices is not None:
         _check_batches(config, num_devices, num_processes)
+    if _is_prepared(config.data):   # else training checks them once it has built it
+        check_classes(config)
 
 
 def write_done(workdir: str, config: Any, metrics: dict[str, float]) -> str:

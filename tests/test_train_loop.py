@@ -146,3 +146,42 @@ def _with(cfg, **kw):
     c = cfg.copy_and_resolve_references()
     c.update(kw)
     return c
+
+
+def test_progress_figures_use_the_measured_step_time(data_dir, tmp_path, capsys, monkeypatch):
+    """A fake clock on which every step takes `device_s` of device time: the progress
+    lines' ms/step, clips/s, TFLOP/s and MFU and progress.json's sec_per_step must all
+    be that step time, for 1-step intervals too (the host runs a step ahead, so wall
+    time read before the last step finished gave MFU 75065 %)."""
+    import types
+
+    from rsa_jax.train import mfu as mfu_lib
+    from rsa_jax.train import progress
+
+    device_s, flops, peak = 7.0, 3.0e12, 2.0e12   # one step of F FLOPs; per-device peak
+    now = [1000.0]
+    fake_time = types.SimpleNamespace(perf_counter=lambda: now[0], time=lambda: now[0])
+
+    def block_until_ready(x):   # the device finishes a step device_s after it is waited on
+        now[0] += device_s
+        return jax.block_until_ready(x)
+
+    monkeypatch.setattr(progress, "time", fake_time)
+    monkeypatch.setattr(progress, "jax", types.SimpleNamespace(
+        block_until_ready=block_until_ready, profiler=jax.profiler))
+    meter = mfu_lib.MfuMeter(flops, 1, "cpu", peak)
+    monkeypatch.setattr(mfu_lib, "meter_for_run", lambda config: meter)
+    workdir = str(tmp_path / "run")
+    cfg = _config(data_dir, num_train_steps=3, log_every_steps=1, eval_every_epochs=10)
+    capsys.readouterr()
+    train.train_and_evaluate(cfg, workdir)
+    lines = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("step ")
+             and "ms/step" in ln]
+    assert len(lines) == 3, lines
+    for line in lines:
+        assert f"of {1e3 * device_s:.0f} ms/step" in line, line
+        assert f"{cfg.global_batch_size / device_s:.1f} clips/s" in line, line
+        assert f"{flops / device_s / 1e12:.3g} TFLOP/s" in line, line
+        assert f"MFU {100 * flops / device_s / peak:.1f}%" in line, line
+    with open(os.path.join(workdir, progress.PROGRESS_FILE)) as f:
+        assert json.load(f)["sec_per_step"] == pytest.approx(device_s)

@@ -12,7 +12,7 @@ from rsa_jax.validate import ConfigError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 OUR_DATASETS = ("diving48", "fine_gym", "something_something_v1", "something_something_v2",
-                "synthetic_motion", "video_list")
+                "synthetic_motion", "video_folder", "video_list")
 
 
 def _config(name, tmp_path, arg=None):
@@ -238,3 +238,14 @@ def test_bn_groups_must_divide_the_micro_batch(ssv2, tmp_path):
     _fails(ssv2, tmp_path / "w", r"bn_group_clips=8 must divide .* = 4", num_devices=1)
     ssv2.grad_accum_steps = 8                        # exactly one group per micro-batch
     validate.validate(ssv2, str(tmp_path / "w"), num_devices=1)
+
+
+def test_every_exported_builder_is_a_known_dataset():
+    """validate's dataset list is the builders package's: `video_folder` (the fine-tune
+    dataset of docs/using.md) was missing, so its documented command stopped at once."""
+    from rsa_jax.data import builders
+    exported = {getattr(builders, n).name for n in builders.__all__
+                if isinstance(getattr(builders, n), type)
+                and issubclass(getattr(builders, n), builders.VideoBuilder)
+                and getattr(builders, n) is not builders.VideoBuilder}
+    assert set(validate._builder_classes()) == exported and "video_folder" in exported

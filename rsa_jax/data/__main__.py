@@ -82,9 +82,23 @@ def inspect(data: ml_collections.ConfigDict) -> str:
     if FLAGS.config is None:
         raise app.UsageError("inspect needs --config (frames, crop size and augmentation)")
     validate.check_data(data)
+    _check_split(data, FLAGS.split)
     print(inspection.format_stats(inspection.split_stats(data, FLAGS.split, FLAGS.stats_limit)))
     return inspection.write_grid(data, FLAGS.split, FLAGS.out, FLAGS.num_clips,
                                  seed=FLAGS.config.get("seed", 0))
+
+
+def _check_split(data: ml_collections.ConfigDict, split: str) -> None:
+    """The split exists in the built dataset (TFDS slicing such as 'train[:10%]' allowed),
+    and the config's flip ids are classes of it (the grid's train clips flip)."""
+    from rsa_jax import validate
+    from rsa_jax.data import pipeline
+    builder = pipeline._prepared(data)
+    splits = sorted(builder.info.splits)
+    if split.split("[")[0] not in splits:
+        raise validate.ConfigError(f"--split {split!r}: {data.name} has the splits "
+                                   f"{', '.join(splits)}{validate._suggest(split, splits)}")
+    validate.check_flip_ids(data, builder.info.features["label"].names)
 
 
 def main(argv: list[str]) -> None:

@@ -94,6 +94,8 @@ def flip_exempt_ids(data_cfg: Any, names: list[str]) -> frozenset[int]:
     nothing about direction, so flipping it without explicit ids is warned about.
     """
     explicit = data_cfg.get('flip_exempt_classes')
+    if explicit is not None and len(explicit) and all(i is None for i in explicit):
+        explicit = None   # `--config.data.flip_exempt_classes=None` parses as (None,)
     flip = data_cfg.get('flip', True)
     derived = transforms.flip_exempt_classes(names)
     if explicit is None:
