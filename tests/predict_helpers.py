@@ -64,6 +64,6 @@ def make_converted_dir(root: str, num_classes: int = 5) -> tuple[str, dict]:
     model = build_model(cfg)
     x = jax.numpy.zeros((1, 4, 28, 28, 3))
     variables = jax.jit(lambda k: model.init(k, x, train=False))(jax.random.PRNGKey(3))
-    out = convert_official._save_orbax(os.path.join(root, "converted"), dict(variables), cfg,
+    out = convert_official.save_orbax(os.path.join(root, "converted"), dict(variables), cfg,
                               {"kind": "test", "num_segments": 4}, overwrite=False)
     return out, cfg

@@ -26,7 +26,7 @@ from rsa_jax.convert import (  # noqa: E402
     state_dict_to_variables,
     variables_to_state_dict,
 )
-from rsa_jax.convert.official import _flatten  # noqa: E402
+from rsa_jax.convert.keys import flatten  # noqa: E402
 from rsa_jax.models import build_model  # noqa: E402
 
 TINY = dict(depth=50, width=16, num_classes=7, backbone="rsa",
@@ -67,7 +67,7 @@ def tiny():
 
 
 def assert_trees_equal(a, b):
-    fa, fb = _flatten(a), _flatten(b)
+    fa, fb = flatten(a), flatten(b)
     assert set(fa) == set(fb)
     for k in fa:
         np.testing.assert_array_equal(np.asarray(fa[k]), np.asarray(fb[k]), err_msg=str(k))

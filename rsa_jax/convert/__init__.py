@@ -3,13 +3,15 @@
 * `torch_io` — reading `.pth(.tar)` / `.npz` files safely (`read_state_dict`);
 * `rsa_layer` — one official RSA layer's parameters <-> the Flax `RSA` module's;
 * `infer` — official keys: normalisation and config inference (RSA-layer majority);
-* `official` — whole official checkpoints: key mapping, strict loading, orbax output;
+* `keys` — Flax variable paths <-> official state-dict keys; the strict key check;
+* `official` — whole official checkpoints: strict loading, orbax output;
 * `torchvision` — ImageNet ResNet inflation and merging into fresh variables;
 * `__main__` — the ``python -m rsa_jax.convert`` command line.
 
 See docs/converting.md.
 """
 
+from rsa_jax.convert.keys import variables_to_state_dict
 from rsa_jax.convert.official import (
     LEGACY_RSA_NAMES,
     infer_model_config,
@@ -17,7 +19,6 @@ from rsa_jax.convert.official import (
     normalize_official_keys,
     official_to_orbax,
     state_dict_to_variables,
-    variables_to_state_dict,
 )
 from rsa_jax.convert.rsa_layer import (
     conv3d_weight_from_torch,

@@ -12,7 +12,7 @@ import json
 import os
 import sys
 
-from rsa_jax.convert.official import _save_orbax, official_to_orbax
+from rsa_jax.convert.official import official_to_orbax, save_orbax
 from rsa_jax.convert.torch_io import CheckpointError
 from rsa_jax.convert.torchvision import torchvision_to_backbone
 from rsa_jax.labels import read_labels, write_class_names
@@ -92,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
                     cfg[k] = getattr(args, k)
             variables = torchvision_to_backbone(args.input, cfg,
                                                 trust_pickle=args.trust_pickle)
-            _save_orbax(args.out_dir, variables, cfg,
+            save_orbax(args.out_dir, variables, cfg,
                         dict(source=os.path.abspath(args.input), kind="torchvision"),
                         args.overwrite)
     except (ValueError, OSError, ImportError) as e:

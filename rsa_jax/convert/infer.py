@@ -16,18 +16,18 @@ from typing import Any
 
 import numpy as np
 
-from rsa_jax.convert.rsa_layer import _rsa_expected_torch_shapes
+from rsa_jax.convert.rsa_layer import rsa_expected_torch_shapes
 from rsa_jax.convert.torch_io import CheckpointError
 from rsa_jax.models import STAGE_BLOCKS, default_model_config
 
 # Older module names of the logged runs (docs/method.md#parameter-names): RelationInvolution's
 # E_conv/E_feat/E_feat_2 are the released H1/H2/G (H2/G by registration order).
 LEGACY_RSA_NAMES = {"E_conv": "H1", "E_feat": "H2", "E_feat_2": "G"}
-_OPTIONAL_SUFFIX = ".num_batches_tracked"
+OPTIONAL_SUFFIX = ".num_batches_tracked"
 # The classifier of a dropout-0 official model (TSN._prepare_tsn, dropout == 0).
 _FC1_AS_NEW_FC = {"base_model.fc1.weight": "new_fc.weight", "base_model.fc1.bias": "new_fc.bias"}
 RSA_TENSORS = ("projection.weight", "H1.weight", "H2.weight", "G.weight", "P1", "I")
-_RSA_KEY = re.compile(r"(base_model\.layer[1-4]\.\d+)\.conv2\.(" +
+RSA_KEY = re.compile(r"(base_model\.layer[1-4]\.\d+)\.conv2\.(" +
                       "|".join(re.escape(n) for n in RSA_TENSORS) + ")$")
 
 
@@ -41,7 +41,7 @@ def normalize_official_keys(state_dict: Mapping[str, Any]) -> dict[str, np.ndarr
     out = {}
     for key, v in state_dict.items():
         k = key[len("module."):] if key.startswith("module.") else key
-        if k.endswith(_OPTIONAL_SUFFIX):
+        if k.endswith(OPTIONAL_SUFFIX):
             continue
         k = _FC1_AS_NEW_FC.get(k, k)
         parts = k.split(".")
@@ -78,7 +78,7 @@ def rsa_layers(sd: Mapping[str, Any]) -> dict[str, dict[str, tuple]]:
     """{block: {RSA tensor name: shape}} for every block holding any RSA tensor."""
     out: dict[str, dict[str, tuple]] = {}
     for k, v in sd.items():
-        m = _RSA_KEY.match(k)
+        m = RSA_KEY.match(k)
         if m:
             out.setdefault(m.group(1), {})[m.group(2)] = tuple(np.shape(v))
     return out
@@ -94,7 +94,7 @@ def _fits(cfg: dict, found: Mapping[str, tuple], planes: int | None) -> bool:
     if planes is None or "projection.weight" not in found:
         return False
     try:
-        exp = _rsa_expected_torch_shapes(found["projection.weight"][1],
+        exp = rsa_expected_torch_shapes(found["projection.weight"][1],
                                          dict(cfg, features=planes))
     except ValueError:
         return False

@@ -26,7 +26,7 @@ def conv3d_weight_to_torch(w: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(np.transpose(np.asarray(w), (4, 3, 0, 1, 2)))
 
 
-def _rsa_expected_torch_shapes(d_in: int, layer_cfg: Mapping) -> dict[str, tuple]:
+def rsa_expected_torch_shapes(d_in: int, layer_cfg: Mapping) -> dict[str, tuple]:
     d = resolve_dims(layer_cfg["features"], layer_cfg.get("num_heads", 8),
                      layer_cfg.get("key_dim"), layer_cfg.get("value_dim"),
                      layer_cfg.get("latent_dim"), layer_cfg.get("kernel_size", (5, 7, 7)),
@@ -64,7 +64,7 @@ def rsa_layer_params_from_torch(torch_params: Mapping[str, np.ndarray],
     if "projection.weight" not in arrays:
         raise KeyError(f"RSA parameters need 'projection.weight'; got {sorted(arrays)}")
     d_in = arrays["projection.weight"].shape[1]
-    expected = _rsa_expected_torch_shapes(d_in, layer_cfg)
+    expected = rsa_expected_torch_shapes(d_in, layer_cfg)
     missing = sorted(set(expected) - set(arrays))
     unexpected = sorted(set(arrays) - set(expected))
     bad = sorted(f"{k}: got {arrays[k].shape}, expected {expected[k]}"

@@ -14,20 +14,20 @@ from typing import Any
 import jax.numpy as jnp
 import numpy as np
 
-from rsa_jax.convert.infer import _OPTIONAL_SUFFIX, resnet_layout
-from rsa_jax.convert.official import (
-    _abstract_variables,
-    _check_keys,
-    _expected_shapes,
-    _flatten,
-    _module_to_torch,
-    _torch_key,
-    _unflatten,
+from rsa_jax.convert.infer import OPTIONAL_SUFFIX, resnet_layout
+from rsa_jax.convert.keys import (
+    abstract_variables,
+    check_keys,
+    expected_shapes,
+    flatten,
+    module_to_torch,
+    torch_key,
+    unflatten,
     variables_to_state_dict,
 )
 from rsa_jax.convert.rsa_layer import conv3d_weight_from_torch
 from rsa_jax.convert.torch_io import CheckpointError, read_state_dict
-from rsa_jax.models import STAGE_BLOCKS, _to_plain, build_model
+from rsa_jax.models import STAGE_BLOCKS, build_model, to_plain
 
 
 def torchvision_to_backbone(state_dict_or_path: Any, model_cfg: Any,
@@ -51,40 +51,40 @@ def torchvision_to_backbone(state_dict_or_path: Any, model_cfg: Any,
         sd, _ = read_state_dict(state_dict_or_path, trust_pickle=trust_pickle)
     else:
         sd = {k: np.asarray(v) for k, v in state_dict_or_path.items()}
-    sd = {k: v for k, v in sd.items() if not k.endswith(_OPTIONAL_SUFFIX)}
+    sd = {k: v for k, v in sd.items() if not k.endswith(OPTIONAL_SUFFIX)}
     _check_architecture(sd, model)
     # What torchvision's file holds for this depth: the plain model's keys, 2-D.
     plain = build_model(dict(_cfg_dict(model_cfg), backbone="tsn2d"))
     expected = {}
-    for key, shape in _expected_shapes(plain).items():
+    for key, shape in expected_shapes(plain).items():
         if key.startswith("base_model."):
             expected[key[len("base_model."):]] = shape[:2] + shape[3:] if len(shape) == 5 \
                 else shape
     fc = {k: v.shape for k, v in sd.items() if k in ("fc.weight", "fc.bias")}
-    _check_keys({k: v.shape for k, v in sd.items() if k not in fc}, expected,
+    check_keys({k: v.shape for k, v in sd.items() if k not in fc}, expected,
                 "torchvision state dict")
     rsa_blocks = {s["name"] for s in model.block_specs() if s["rsa"]}
-    abstract = _abstract_variables(model)
+    abstract = abstract_variables(model)
     out = {}
     for col in ("params", "batch_stats"):
         flat = {}
-        for path, leaf in _flatten(abstract[col]).items():
+        for path, leaf in flatten(abstract[col]).items():
             if path[0] == "new_fc" or path[0] in rsa_blocks:
                 continue
-            v = sd[_torch_key(col, path)[len("base_model."):]]
+            v = sd[torch_key(col, path)[len("base_model."):]]
             if path[-1] == "kernel":
                 kt = leaf.shape[0]
                 v = np.repeat(v[:, :, None], kt, axis=2) / kt
                 v = conv3d_weight_from_torch(v)
             flat[path] = np.ascontiguousarray(v, dtype=np.float32)
-        out[col] = _unflatten(flat)
+        out[col] = unflatten(flat)
     return out
 
 
 def backbone_to_torchvision(variables: Mapping, model_cfg: Any) -> dict[str, np.ndarray]:
     """Inverse of `torchvision_to_backbone` for the non-RSA blocks (kT = 1 kernels)."""
     model = build_model(model_cfg)
-    rsa_blocks = {_module_to_torch(s["name"]) for s in model.block_specs() if s["rsa"]}
+    rsa_blocks = {module_to_torch(s["name"]) for s in model.block_specs() if s["rsa"]}
     sd = variables_to_state_dict({c: variables[c] for c in ("params", "batch_stats")}, model)
     out = {}
     for k, v in sd.items():
@@ -100,8 +100,8 @@ def merge_pretrained(fresh_variables: Mapping, pretrained_variables: Mapping) ->
     Raises:
       CheckpointError: a pretrained leaf that ``fresh`` lacks, or a shape mismatch.
     """
-    fresh = _flatten(fresh_variables)
-    pre = _flatten(pretrained_variables)
+    fresh = flatten(fresh_variables)
+    pre = flatten(pretrained_variables)
     unknown = sorted("/".join(p) for p in pre if p not in fresh)
     bad = sorted(f"{'/'.join(p)}: {np.shape(v)} vs fresh {np.shape(fresh[p])}"
                  for p, v in pre.items() if p in fresh and np.shape(v) != np.shape(fresh[p]))
@@ -111,11 +111,11 @@ def merge_pretrained(fresh_variables: Mapping, pretrained_variables: Mapping) ->
     merged = dict(fresh)
     for p, v in pre.items():
         merged[p] = jnp.asarray(v, dtype=getattr(fresh[p], "dtype", None))
-    return _unflatten(merged)
+    return unflatten(merged)
 
 
 def _cfg_dict(model_cfg: Any) -> dict:
-    return dict(_to_plain(model_cfg))
+    return dict(to_plain(model_cfg))
 
 
 def _check_architecture(sd: Mapping[str, Any], model) -> None:

@@ -45,13 +45,14 @@ def _get(cfg: Any, key: str, default: Any) -> Any:
     return default if value is None and default is not None else value
 
 
-def _to_plain(x: Any) -> Any:
+def to_plain(x: Any) -> Any:
+    """A config (ConfigDict or nested mappings and sequences) as plain dicts and lists."""
     if hasattr(x, "to_dict"):
         x = x.to_dict()
     if isinstance(x, Mapping):
-        return {k: _to_plain(v) for k, v in x.items()}
+        return {k: to_plain(v) for k, v in x.items()}
     if isinstance(x, (list, tuple)):
-        return [_to_plain(v) for v in x]
+        return [to_plain(v) for v in x]
     return x
 
 
@@ -62,7 +63,7 @@ def build_model(model_cfg: Any) -> ResNetTSN:
     'float32' | 'bfloat16' (compute); parameters are always float32.
     """
     d = default_model_config()
-    cfg = _to_plain(model_cfg)
+    cfg = to_plain(model_cfg)
     unknown = set(cfg) - set(d) - {"precision"}
     if unknown:  # tolerated (a config may carry extra bookkeeping), but visible
         warnings.warn(f"build_model ignores unknown model config fields {sorted(unknown)}; "
