@@ -149,7 +149,7 @@ def extract_windows(x: jax.Array, kernel_size: Sequence[int],
 
 # --- Convolutions -------------------------------------------------------------
 
-def _conv3d_native(x, w, precision, groups=1):
+def conv3d_native(x, w, precision, groups=1):
     """Zero-padded 'same' 3-D cross-correlation, (B,T,H,W,C) * (kT,kH,kW,I,O)."""
     pad = [(k // 2, k // 2) for k in w.shape[:3]]
     return lax.conv_general_dilated(
@@ -213,7 +213,7 @@ def _shared_conv(v, bank, precision, form):
     b, t, h, w, c = v.shape
     vb = jnp.moveaxis(v, -1, 1).reshape(b * c, t, h, w)
     if form == "native":
-        out = _conv3d_native(vb[..., None], bank, precision)
+        out = conv3d_native(vb[..., None], bank, precision)
     else:
         taps, bank2d = _temporal_taps(vb, bank.shape[0]), bank[:, :, :, 0]
         out = (_conv2d_taps(taps, bank2d, precision) if form == "taps"
@@ -223,7 +223,7 @@ def _shared_conv(v, bank, precision, form):
 
 def _grouped_conv_native(k, h1, groups, precision):
     """Grouped conv H1 as one lax grouped 3-D convolution -> (B,T,H,W,dk,dd)."""
-    r = _conv3d_native(k, h1, precision, groups=groups)
+    r = conv3d_native(k, h1, precision, groups=groups)
     return r.reshape(r.shape[:-1] + (groups, h1.shape[-1] // groups))
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from rsa_jax.layers.conv_forms import _conv3d_native
+from rsa_jax.layers.conv_forms import conv3d_native
 
 
 def latent_kernels(q, k, p1, h1, dk: int, dd: int, kernel_type: str, precision=None):
@@ -20,7 +20,7 @@ def latent_kernels(q, k, p1, h1, dk: int, dd: int, kernel_type: str, precision=N
     zeros = jnp.zeros(q.shape[:-1] + (dd,), q.dtype)
     if kernel_type == "V":  # the query itself is the latent kernel
         return q, zeros
-    r = _conv3d_native(k, h1, precision, groups=dk)
+    r = conv3d_native(k, h1, precision, groups=dk)
     r = r.reshape(r.shape[:-1] + (dk, dd))
     rel = jnp.einsum("...nj,...jd->...nd", q, r, precision=precision)
     basic = zeros if p1 is None else jnp.einsum("...nj,jd->...nd", q, p1, precision=precision)
