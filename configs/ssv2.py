@@ -59,6 +59,10 @@ def get_config(arg: str = "16") -> ml_collections.ConfigDict:
     c.model.dropout = 0.3                  # scripts and SSv2 log
     c.model.stochastic_depth = 0.2         # survival 1.0 -> 0.8 over 16 blocks (docs/method.md#stochastic-depth)
     c.model.dtype = "float32"              # 'bfloat16' on GPU/TPU (params stay float32)
+    # Convolution/matmul precision; None: the backend's default (TF32 on Ampere/Hopper GPUs,
+    # bf16 passes on TPU). 'highest': true float32, as the official V100 run
+    # (docs/training.md#recipe-audit).
+    c.model.precision = config_dict.placeholder(str)
     c.model.bn_momentum = 0.9              # torch momentum 0.1
     c.model.bn_eps = 1e-5
     c.model.bn_group_clips = 8             # BN statistics per 8 clips, as each official GPU (docs/training.md#recipe-audit)

@@ -55,6 +55,7 @@ def get_config(arg: str = "rsa") -> ml_collections.ConfigDict:
     c.model.dropout = 0.1
     c.model.stochastic_depth = 0.0
     c.model.dtype = "float32"
+    c.model.precision = config_dict.placeholder(str)   # 'highest': see configs/ssv2.py
     c.model.bn_momentum = 0.9
     c.model.bn_eps = 1e-5
     c.model.bn_group_clips = 0             # 0: statistics over the whole batch

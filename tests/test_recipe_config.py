@@ -137,3 +137,61 @@ def test_weight_decay_mask_matches_the_logged_parameter_groups():
     assert (sum(mask), len(mask) - sum(mask)) == (89, 107)
     # 22,034,302 parameters in all (log2:937: 22.034M)
     assert sum(int(np.prod(x.shape)) for x in jax.tree_util.tree_leaves(params)) == 22_034_302
+
+
+def test_precision_is_a_documented_validated_config_value():
+    """`--config.model.precision=highest` parses on the paper and demo configs (None by
+    default: the backend's precision) and a misspelt value stops with one message."""
+    from rsa_jax import validate
+    for spec in ("configs/ssv2.py", "configs/ssv1.py:8", "configs/synthetic.py"):
+        validate.check_overrides(["main", f"--config={spec}", "--config.model.precision=highest"])
+    c = ssv1.get_config("16")
+    c.lock()                                     # as --config.model.x=y sees it
+    c.model.precision = "highest"
+    validate._check_model(c.model)
+    c.model.precision = "hihgest"
+    with pytest.raises(validate.ConfigError, match="precision='hihgest'.*did you mean 'highest'"):
+        validate._check_model(c.model)
+    # the names are jax.lax.Precision's (validate mirrors them without importing JAX)
+    assert [str(jax.lax.Precision(p)) for p in validate.PRECISIONS] == ["DEFAULT", "HIGH",
+                                                                       "HIGHEST"]
+
+
+def _precisions(jaxpr, found):
+    from jax.extend import core as jax_core
+    for eqn in jaxpr.eqns:
+        if eqn.primitive.name in ("conv_general_dilated", "dot_general"):
+            found.append(eqn.params.get("precision"))
+        for sub in jax_core.jaxprs_in_params(eqn.params):
+            _precisions(sub, found)
+    return found
+
+
+def test_precision_highest_reaches_every_convolution_and_matmul():
+    """model.precision='highest' sets HIGHEST on every convolution and dot of the
+    forward and backward pass, as built for a GPU (where the default is TF32); None
+    leaves them at the backend default."""
+    from configs import synthetic
+    from rsa_jax.models import build_model
+    x = jnp.zeros((2, 4, 32, 32, 3))
+    for precision in (None, "highest"):
+        cfg = dict(synthetic.get_config().model.to_dict(), precision=precision)
+        model = build_model(cfg, platform="gpu")
+
+        def grads(x, model=model):               # traced only: nothing is computed
+            variables = model.init({"params": jax.random.PRNGKey(0)}, x, train=False)
+
+            def loss(params):
+                y, _ = model.apply({**variables, "params": params}, x, train=True,
+                                   rngs={"dropout": jax.random.PRNGKey(0)},
+                                   mutable=["batch_stats"])
+                return y.sum()
+            return jax.grad(loss)(variables["params"])
+
+        found = _precisions(jax.make_jaxpr(grads)(x).jaxpr, [])
+        assert len(found) > 100                  # convs, RSA einsums, classifier; fwd + bwd
+        highest = (jax.lax.Precision.HIGHEST,) * 2
+        if precision is None:
+            assert highest not in found
+        else:
+            assert all(p == highest for p in found), sorted(set(map(str, found)))
