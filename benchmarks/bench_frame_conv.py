@@ -25,7 +25,7 @@ from jax import lax
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from bench_rsa_layer import _median_time  # noqa: E402  (benchmarks/ is on the path)
 
-from rsa_jax.models.resnet_tsn import conv2d_im2col, use_im2col  # noqa: E402
+from rsa_jax.layers.frame_ops import conv2d_im2col, use_im2col  # noqa: E402
 
 DEMO_SHAPES = "12x16x16x1,12x16x32x2,6x32x32x1,6x32x64x2,3x64x64x1,3x64x128x2,2x128x128x1"
 

@@ -64,7 +64,7 @@ def cpu_forms(shape, heads, kernel_size, repeats) -> dict:
     h1 = jax.random.normal(key, tuple(kernel_size) + (1, dk * dk))
     q = jax.random.normal(key, (b, t, h, w, heads, dk))
     r = jax.random.normal(key, (b, t, h, w, dk, dk))
-    form = conv_forms.select_forms("auto", (h, w), kernel_size, dk, backend="cpu").shared_form
+    form = conv_forms.select_forms("auto", (h, w), kernel_size, dk, platform="cpu").shared_form
     cands = {
         "grouped_taps": (lambda k, h1: conv_forms._grouped_conv_taps(k, h1, dk, None), k, h1),
         f"grouped_{form}": (lambda k, h1: conv_forms._grouped_conv_taps(k, h1, dk, None, form),

@@ -42,7 +42,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from configs import ssv2, synthetic  # noqa: E402
 from rsa_jax import parallel  # noqa: E402
 from rsa_jax.data import transforms  # noqa: E402
-from rsa_jax.models import build_model, resnet_tsn  # noqa: E402
+from rsa_jax.layers import frame_ops  # noqa: E402
+from rsa_jax.models import build_model  # noqa: E402
 from rsa_jax.train import optim, train  # noqa: E402
 from rsa_jax.train import step as step_lib
 
@@ -125,7 +126,7 @@ def main() -> None:
     p.add_argument("--width", type=int, default=None, help="override model.width")
     p.add_argument("--heads", type=int, default=None, help="override model.rsa.num_heads")
     p.add_argument("--im2col_max_positions", default=None,
-                   help="CPU im2col threshold (resnet_tsn.IM2COL_MAX_POSITIONS; 0 = never), "
+                   help="CPU im2col threshold (frame_ops.IM2COL_MAX_POSITIONS; 0 = never), "
                         "or a comma list of them (one line each)")
     p.add_argument("--compile_only", action="store_true",
                    help="print compiled memory + compile seconds; run no step")
@@ -136,11 +137,11 @@ def main() -> None:
     if not set(settings) <= {"none", "rsa", "block"}:
         p.error(f"--remat: none, rsa or block (comma-separated), got {args.remat!r}")
     thresholds = (args.im2col_max_positions.split(",") if args.im2col_max_positions
-                  else [str(resnet_tsn.IM2COL_MAX_POSITIONS)])
+                  else [str(frame_ops.IM2COL_MAX_POSITIONS)])
     for remat in settings:
         for threshold in thresholds:
             args.remat = remat
-            resnet_tsn.IM2COL_MAX_POSITIONS = int(threshold)   # read when the step is traced
+            frame_ops.IM2COL_MAX_POSITIONS = int(threshold)   # read when the step is traced
             run(args)
 
 
@@ -201,7 +202,7 @@ def run(args) -> None:
            "input_dtype": args.input_dtype, "input_bytes": int(video.nbytes),
            "host_to_device_s": round(statistics.median(put), 5),
            "remat": args.remat, "num_heads": c.model.rsa["num_heads"],
-           "im2col_max_positions": resnet_tsn.IM2COL_MAX_POSITIONS,
+           "im2col_max_positions": frame_ops.IM2COL_MAX_POSITIONS,
            "compile_s": round(compile_s, 2), "step_s": round(step_s, 4),
            "step_s_per_clip": round(step_s / args.batch, 4),
            "step_s_min": round(min(times), 4), "step_s_max": round(max(times), 4),

@@ -109,14 +109,15 @@ def layer_part(rec: Recorder, shape, kernel, repeats: int) -> None:
 
 
 def autotune_part(rec: Recorder, smoke: bool, frames: int, size: int) -> None:
-    """`rsa_jax.layers.autotune`'s table for the train part's model at batch 1."""
-    from rsa_jax.layers import autotune
+    """`rsa_jax.train.tuning`'s table for the train part's model at batch 1."""
+    from rsa_jax.layers import strategy
+    from rsa_jax.train import tuning
     model = build_model(train_config(smoke, frames, size).model)
     # The smoke run checks the part works; the table itself only means something on a device.
     for dtype in ("float32",) if smoke else ("float32", "bfloat16"):
-        table = autotune.tune(model.clone(dtype=jnp.dtype(dtype)), (1, frames, size, size, 3))
-        print(autotune.format_table(table), flush=True)
-        rec.add({"part": "autotune", "dtype": dtype, "candidates": autotune.candidates(),
+        table = tuning.tune(model.clone(dtype=jnp.dtype(dtype)), (1, frames, size, size, 3))
+        print(tuning.format_table(table), flush=True)
+        rec.add({"part": "autotune", "dtype": dtype, "candidates": strategy.candidates(),
                  "table": {k: {"choice": e["choice"],
                                "fwd_bwd_ms": {n: 1e3 * t for n, t in e["seconds"].items()}}
                            for k, e in table.items()}})

@@ -135,7 +135,7 @@ def check_gpu_visibility(local_devices: int | None = None, visible_gpus: int | N
     Raises:
       RuntimeError: local devices × processes on this node < GPUs visible.
     """
-    platform = platform or jax.default_backend()
+    platform = platform or jax.local_devices()[0].platform  # the devices this run drives
     if platform != "gpu":
         return
     local = jax.local_device_count() if local_devices is None else local_devices
@@ -211,6 +211,16 @@ def create_mesh(mesh_shape: Mapping[str, int] | None = None,
                          f"{len(devices)} available devices")
     dev = mesh_utils.create_device_mesh(sizes, devices=devices, allow_split_physical_axes=True)
     return Mesh(dev, tuple(mesh_shape.keys()))
+
+
+def mesh_platform(mesh: Mesh) -> str:
+    """The platform of the mesh's devices ('cpu', 'gpu', 'tpu'): the one a program
+    sharded over it is built for, also for TPU devices described by
+    `jax.experimental.topologies` on a host without TPUs (`rsa_jax.aot`)."""
+    platforms = {d.platform for d in mesh.devices.flat}
+    if len(platforms) != 1:
+        raise ValueError(f"a mesh over devices of several platforms: {sorted(platforms)}")
+    return platforms.pop()
 
 
 def replicated(mesh: Mesh) -> NamedSharding:

@@ -215,7 +215,7 @@ def _library_max_pool(x):
 
 @pytest.mark.parametrize("shape", [(1, 2, 12, 12, 3), (2, 1, 13, 11, 4)])
 def test_stem_max_pool_matches_library_pool_and_its_gradient(shape):
-    from rsa_jax.models.resnet_tsn import max_pool_stem
+    from rsa_jax.layers.frame_ops import max_pool_stem
     # After ReLU and rounding most windows hold ties: the gradient must go to the
     # first maximum of each window, exactly as XLA's select-and-scatter does.
     x = jnp.round(2 * jax.nn.relu(jax.random.normal(jax.random.key(0), shape))) / 2
@@ -230,7 +230,7 @@ def test_stem_max_pool_matches_library_pool_and_its_gradient(shape):
 
 @pytest.mark.parametrize("c_in,c_out", [(16, 4), (4, 16)])
 def test_channel_matmul_gradient_matches_einsum(c_in, c_out):
-    from rsa_jax.models.resnet_tsn import channel_matmul
+    from rsa_jax.layers.frame_ops import channel_matmul
     x = jax.random.normal(jax.random.key(0), (2, 3, 5, 5, c_in))
     w = jax.random.normal(jax.random.key(1), (c_in, c_out))
     ours = jax.grad(lambda x, w: jnp.sum(jnp.sin(channel_matmul(x, w))), (0, 1))(x, w)
@@ -245,7 +245,7 @@ def test_channel_matmul_gradient_matches_einsum(c_in, c_out):
 def test_im2col_conv_matches_lax_conv_and_its_gradients(hw, k, s):
     from jax import lax
 
-    from rsa_jax.models.resnet_tsn import conv2d_im2col
+    from rsa_jax.layers.frame_ops import conv2d_im2col
     def ref(x, w):
         return lax.conv_general_dilated(x, w, (s, s), [(k // 2, k // 2)] * 2,
                                         dimension_numbers=("NHWC", "HWIO", "NHWC"))
@@ -264,11 +264,11 @@ def test_im2col_conv_matches_lax_conv_and_its_gradients(hw, k, s):
 
 
 def test_im2col_is_chosen_on_cpu_for_small_output_frames_only():
-    from rsa_jax.models.resnet_tsn import IM2COL_MAX_POSITIONS, use_im2col
-    assert use_im2col((2, 2), (3, 3), (1, 1), backend="cpu")
-    assert use_im2col((12, 12), (3, 3), (2, 2), backend="cpu")      # 6×6 out
-    assert not use_im2col((12, 12), (3, 3), (1, 1), backend="cpu")  # 12×12 out
-    assert not use_im2col((2, 2), (3, 3), (1, 1), backend="gpu")
+    from rsa_jax.layers.frame_ops import IM2COL_MAX_POSITIONS, use_im2col
+    assert use_im2col((2, 2), (3, 3), (1, 1), platform="cpu")
+    assert use_im2col((12, 12), (3, 3), (2, 2), platform="cpu")      # 6×6 out
+    assert not use_im2col((12, 12), (3, 3), (1, 1), platform="cpu")  # 12×12 out
+    assert not use_im2col((2, 2), (3, 3), (1, 1), platform="gpu")
     side = int(IM2COL_MAX_POSITIONS ** 0.5)
-    assert use_im2col((side, side), (3, 3), (1, 1), backend="cpu")
-    assert not use_im2col((side + 1, side), (3, 3), (1, 1), backend="cpu")
+    assert use_im2col((side, side), (3, 3), (1, 1), platform="cpu")
+    assert not use_im2col((side + 1, side), (3, 3), (1, 1), platform="cpu")

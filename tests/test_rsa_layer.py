@@ -268,7 +268,7 @@ def test_cpu_small_matmul_avoids_the_slow_batched_dot_and_equals_einsum():
     big = jax.make_jaxpr(conv_forms._cpu_matmul)(jnp.ones((5, 8, 8)), jnp.ones((5, 8, 8)))
     assert "custom_vjp_call" in {e.primitive.name for e in big.eqns}  # _pmm kept
     assert conv_forms.select_forms("auto", (12, 12), (3, 7, 7), 4,
-                                   backend="cpu").shared_form == "row"
+                                   platform="cpu").shared_form == "row"
     # float64: the forms sum in different orders, which float32 shows at ~1e-5 in
     # the filter gradients (sums over every position); float64 leaves ~1e-14.
     with jax.enable_x64(True):

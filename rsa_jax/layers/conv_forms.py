@@ -34,6 +34,26 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+# jax device platforms by the name our forms use ('cuda'/'rocm' devices are GPUs).
+_PLATFORM_ALIASES = {"cuda": "gpu", "rocm": "gpu"}
+
+
+def resolve_platform(platform: str | None) -> str:
+    """The platform ('cpu', 'gpu' or 'tpu') a program is built for.
+
+    Every backend-dependent form choice takes it from the devices the program is
+    compiled for (the mesh's: `rsa_jax.parallel.mesh_platform`, or an explicit
+    ``model.platform``), so a CPU host can build the TPU program (``python -m
+    rsa_jax.aot``).  ``None`` — a layer used outside any mesh — means the platform
+    of the default devices, where such a layer runs.
+    """
+    name = (platform or jax.default_backend()).lower()
+    name = _PLATFORM_ALIASES.get(name, name)
+    if name not in ("cpu", "gpu", "tpu"):
+        raise ValueError(f"platform must be 'cpu', 'gpu' or 'tpu', got {platform!r}")
+    return name
+
+
 # Above this many groups the per-group loop costs more compile time than it saves
 # at run time (measured on CPU: at dk = 32 the loop is 2.6x faster than im2col;
 # deeper layers have dk = 64 on 7x7 maps, where im2col is cheap).
@@ -64,7 +84,7 @@ class ConvForms:
 
 def select_forms(conv_strategy: str, frame_hw: Sequence[int], kernel_size: Sequence[int],
                  groups: int, precision: Any = None,
-                 backend: str | None = None) -> ConvForms:
+                 platform: str | None = None) -> ConvForms:
     """Picks how to evaluate the factorised layer's operations.
 
     Args:
@@ -76,7 +96,7 @@ def select_forms(conv_strategy: str, frame_hw: Sequence[int], kernel_size: Seque
       kernel_size: (kT, kH, kW).
       groups: dk, the number of groups of the H1 convolution.
       precision: lax precision for convolutions and matmuls.
-      backend: defaults to ``jax.default_backend()``.
+      platform: the platform the program is built for (`resolve_platform`).
 
     Raises:
       ValueError: for an unknown ``conv_strategy``.
@@ -84,8 +104,8 @@ def select_forms(conv_strategy: str, frame_hw: Sequence[int], kernel_size: Seque
     if conv_strategy not in ("auto", "native", "taps2d"):
         raise ValueError(f"conv_strategy must be 'auto', 'native' or 'taps2d', "
                          f"got {conv_strategy!r}")
-    backend = backend or jax.default_backend()
-    if conv_strategy == "native" or (conv_strategy == "auto" and backend != "cpu"):
+    if conv_strategy == "native" or (conv_strategy == "auto"
+                                     and resolve_platform(platform) != "cpu"):
         # XLA's GPU/TPU convolutions and dots take any layout.
         return ConvForms(
             grouped_conv=functools.partial(_grouped_conv_native, groups=groups,
@@ -121,19 +141,19 @@ def _shared_conv_form(h: int, w: int, kernel_size: Sequence[int]) -> str:
 
 
 def extract_windows(x: jax.Array, kernel_size: Sequence[int],
-                    patch_op: str = "stack") -> jax.Array:
+                    patch_op: str = "stack", platform: str | None = None) -> jax.Array:
     """(B, T, H, W, C) -> (B, T, H, W, M, C): zero-padded neighbourhoods.
 
     Offsets are enumerated row-major over (t, h, w), the flattening order of a
     PyTorch Conv3d kernel, so window index o lines up with ``weight[..., o]``.
     ``patch_op``: 'lax' (``lax.conv_general_dilated_patches``, channel-major
     features c·M + o, reordered here), 'stack' (pad + slice + stack) or 'auto'
-    (stack on CPU, lax elsewhere).
+    (stack on CPU, lax elsewhere; ``platform`` as in `resolve_platform`).
     """
     if patch_op not in ("auto", "lax", "stack"):
         raise ValueError(f"patch_op must be 'auto', 'lax' or 'stack', got {patch_op!r}")
     ks = tuple(int(k) for k in kernel_size)
-    if patch_op == "lax" or (patch_op == "auto" and jax.default_backend() != "cpu"):
+    if patch_op == "lax" or (patch_op == "auto" and resolve_platform(platform) != "cpu"):
         # Patch extraction is an identity-kernel convolution: run it exactly.
         p = lax.conv_general_dilated_patches(
             x, ks, (1, 1, 1), [(k // 2, k // 2) for k in ks],

@@ -42,7 +42,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from rsa_jax.layers import autotune, conv_forms, kernels
+from rsa_jax.layers import conv_forms, kernels, strategy
 from rsa_jax.layers.conv_forms import extract_windows
 
 KernelType = Literal["V", "R", "VplusR"]
@@ -150,6 +150,8 @@ class RSA(nn.Module):
       patch_op: window extraction of 'patches': 'lax', 'stack' or 'auto'.
       dtype: compute dtype (None = input dtype); param_dtype: parameter dtype.
       precision: matmul/conv precision (use 'highest' for fixture parity on TPU/GPU).
+      platform: 'cpu', 'gpu' or 'tpu', the platform the program is built for, which
+        picks the 'auto' forms (None: the default devices'; `conv_forms.resolve_platform`).
     """
 
     features: int
@@ -167,6 +169,7 @@ class RSA(nn.Module):
     dtype: Any = None
     param_dtype: Any = jnp.float32
     precision: Any = None
+    platform: str | None = None
 
     @property
     def dims(self) -> RSADims:
@@ -188,8 +191,8 @@ class RSA(nn.Module):
         dtype = self.dtype or x.dtype
         p = self._params(x.shape[-1], d, ks, dtype)
         q, k, v = self._project(jnp.asarray(x, dtype), p["projection"], d)
-        choice = autotune.layer_choice(self.implementation, self.conv_strategy,
-                                       self.patch_op, autotune.shape_key(self, x.shape))
+        choice = strategy.layer_choice(self.implementation, self.conv_strategy,
+                                       self.patch_op, strategy.shape_key(self, x.shape))
         fn = self._conv_form if choice[0] == "conv" else self._patch_form
         y = fn(choice, q, k, v, p["P1"], p["I"], p["H1"], p["H2"], p["G"], d, ks)  # (..., dv, nh)
         if self.is_mutable_collection("rsa_kernels") and not self.is_initializing():
@@ -241,7 +244,7 @@ class RSA(nn.Module):
         κ̃ = q̂ᵀ(P + R) (nh × dd), F = Âᵀ(Λ + Ĝ) (dd × dv) per position; y = κ̃ F.
         """
         ops = conv_forms.select_forms(choice[1], v.shape[2:4], ks, d.dk,
-                                      self.precision)
+                                      self.precision, self.platform)
         mm, tr = ops.matmul, ops.transpose
         # Latent kernel κ̃ = q̂ᵀ(P + R), (nh × dd) per position.
         if self.kernel_type == "V":
@@ -270,12 +273,12 @@ class RSA(nn.Module):
         m = int(np.prod(ks))
         prec = self.precision
         a = h2.reshape(m, d.dd).T  # A ∈ R^{D × M}
-        vw = extract_windows(v, ks, choice[2])  # V_n: (..., M, dv)
+        vw = extract_windows(v, ks, choice[2], self.platform)  # V_n: (..., M, dv)
         # Kernel κ_{n,l} ∈ R^{M}.
         if self.kernel_type == "V":
             kern = jnp.einsum("bthwnd,dm->bthwnm", q, a, precision=prec)
         else:
-            kw_ = extract_windows(k, ks, choice[2])  # K_n: (..., M, dk)
+            kw_ = extract_windows(k, ks, choice[2], self.platform)  # K_n: (..., M, dk)
             bmat = h1.reshape(m, d.dk, d.dd)  # B[(j, o), d]
             r = jnp.einsum("bthwoj,ojd->bthwjd", kw_, bmat, precision=prec)
             if p1 is not None:

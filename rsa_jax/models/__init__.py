@@ -56,15 +56,18 @@ def to_plain(x: Any) -> Any:
     return x
 
 
-def build_model(model_cfg: Any) -> ResNetTSN:
+def build_model(model_cfg: Any, platform: str | None = None) -> ResNetTSN:
     """`ResNetTSN` from an ml_collections.ConfigDict or a plain mapping.
 
     Missing fields take the paper's values (`default_model_config`).  ``dtype`` is
-    'float32' | 'bfloat16' (compute); parameters are always float32.
+    'float32' | 'bfloat16' (compute); parameters are always float32.  The platform
+    the program is built for, which picks every layer's backend forms, is the
+    config's ``platform`` when set, else `platform` (the caller's mesh's,
+    `rsa_jax.parallel.mesh_platform`), else the default devices'.
     """
     d = default_model_config()
     cfg = to_plain(model_cfg)
-    unknown = set(cfg) - set(d) - {"precision"}
+    unknown = set(cfg) - set(d) - {"precision", "platform"}
     if unknown:  # tolerated (a config may carry extra bookkeeping), but visible
         warnings.warn(f"build_model ignores unknown model config fields {sorted(unknown)}; "
                       f"known: {sorted(d)}", stacklevel=2)
@@ -93,7 +96,8 @@ def build_model(model_cfg: Any) -> ResNetTSN:
         bn_eps=float(_get(cfg, "bn_eps", d["bn_eps"])),
         bn_group_clips=int(_get(cfg, "bn_group_clips", d["bn_group_clips"])),
         dtype=dtype, precision=_get(cfg, "precision", None),
-        remat=str(_get(cfg, "remat", d["remat"])))
+        remat=str(_get(cfg, "remat", d["remat"])),
+        platform=_get(cfg, "platform", None) or platform)
 
 
 def count_params(tree: Any) -> int:

@@ -18,7 +18,6 @@ Parameter names follow the official state dict (``conv1``, ``bn1``,
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Sequence
 from typing import Any
 
@@ -28,6 +27,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from rsa_jax.layers import RSA
+from rsa_jax.layers.frame_ops import channel_matmul, frame_conv2d, max_pool_stem
 
 # (block type, blocks per stage) per depth, as torchvision's resnet{18,34,50,101}.
 STAGE_BLOCKS = {18: ("basic", (2, 2, 2, 2)), 34: ("basic", (3, 4, 6, 3)),
@@ -49,121 +49,6 @@ def survival_probs(num_blocks: int, stochastic_depth: float) -> list[float]:
     if num_blocks == 1:
         return [1.0]
     return [1.0 - stochastic_depth * b / (num_blocks - 1) for b in range(num_blocks)]
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
-def channel_matmul(x: jax.Array, w: jax.Array, precision: Any = None) -> jax.Array:
-    """x (..., C) @ w (C, D): a 1×1 convolution, with a CPU-friendly weight gradient.
-
-    The weight gradient contracts the (long) position axis of both operands, and
-    XLA:CPU's matmul kernels copy the left operand into a transposed layout first;
-    the backward pass puts the operand with fewer channels on the left, so that
-    the copy is of the smaller activation (4x smaller for the bottleneck's 1×1s).
-    """
-    return jnp.einsum("...c,cd->...d", x, w, precision=precision)
-
-
-def _channel_matmul_fwd(x, w, precision):
-    return channel_matmul(x, w, precision), (x, w)
-
-
-def _channel_matmul_bwd(precision, res, g):
-    x, w = res
-    xf, gf = x.reshape(-1, x.shape[-1]), g.reshape(-1, g.shape[-1])
-    if xf.shape[1] <= gf.shape[1]:
-        dw = jnp.einsum("mc,md->cd", xf, gf, precision=precision)
-    else:
-        dw = jnp.einsum("md,mc->dc", gf, xf, precision=precision).T
-    return jnp.einsum("...d,cd->...c", g, w, precision=precision), dw.astype(w.dtype)
-
-
-channel_matmul.defvjp(_channel_matmul_fwd, _channel_matmul_bwd)
-
-
-def _pool_taps(x: jax.Array):
-    """The nine (1,3,3)/(1,2,2) window taps of x (B,T,H,W,C) padded by one with -inf."""
-    h, w = x.shape[2:4]
-    ho, wo = (h - 1) // 2 + 1, (w - 1) // 2 + 1
-    xp = jnp.pad(x, ((0, 0), (0, 0), (1, 1), (1, 1), (0, 0)), constant_values=-jnp.inf)
-    return [xp[:, :, a:a + 2 * ho - 1:2, b:b + 2 * wo - 1:2] for a in range(3) for b in range(3)]
-
-
-@jax.custom_vjp
-def max_pool_stem(x: jax.Array) -> jax.Array:
-    """The stem's MaxPool (1,3,3), stride (1,2,2), padding (0,1,1), as nine strided slices.
-
-    Same values and gradient as ``nn.max_pool`` (the gradient goes to the first
-    maximum of each window in row-major order, as in XLA and PyTorch), without
-    XLA:CPU's select-and-scatter, which costs ~10x more on the stem's activation.
-    """
-    taps = _pool_taps(x)
-    y = taps[0]
-    for t in taps[1:]:
-        y = jnp.maximum(y, t)
-    return y
-
-
-def _max_pool_stem_fwd(x):
-    y = max_pool_stem(x)
-    return y, (x, y)
-
-
-def _max_pool_stem_bwd(res, g):
-    x, y = res
-    h, w = x.shape[2:4]
-    taken = jnp.zeros(y.shape, bool)
-    dxp = jnp.zeros(x.shape[:2] + (h + 2, w + 2) + x.shape[4:], g.dtype)
-    zero = jnp.zeros((), g.dtype)
-    for i, t in enumerate(_pool_taps(x)):
-        a, b = divmod(i, 3)
-        hit = (t == y) & ~taken
-        taken = taken | hit
-        # Scatter tap (a, b) back to rows a, a+2, ... and columns b, b+2, ... of xp.
-        dxp = dxp + lax.pad(jnp.where(hit, g, zero), zero, (
-            (0, 0, 0), (0, 0, 0), (a, h + 2 - a - (2 * y.shape[2] - 1), 1),
-            (b, w + 2 - b - (2 * y.shape[3] - 1), 1), (0, 0, 0)))
-    return (dxp[:, :, 1:h + 1, 1:w + 1],)
-
-
-max_pool_stem.defvjp(_max_pool_stem_fwd, _max_pool_stem_bwd)
-
-
-# Largest output frame (positions) for which CPU (1,k,k) convolutions run as im2col.
-IM2COL_MAX_POSITIONS = 36
-
-
-def use_im2col(frame_hw: Sequence[int], kernel_hw: Sequence[int], strides_hw: Sequence[int],
-               backend: str | None = None) -> bool:
-    """Whether a per-frame convolution runs as `conv2d_im2col` rather than lax's conv.
-
-    On CPU, for output frames of at most `IM2COL_MAX_POSITIONS` positions (the
-    demo's and small-input stages 3-4): XLA:CPU's convolution, and above all its
-    gradients, is slow there (fwd+bwd, 128 frames, 2 cores: 3×3 conv 128→128 on
-    2×2 frames 50.5 -> 4.5 ms, 64→64 on 3×3 5.9 -> 3.2 ms; docs/benchmarks.md#cpu-forms).
-    Larger frames, and every accelerator, keep the native convolution.
-    """
-    if (backend or jax.default_backend()) != "cpu":
-        return False
-    ho, wo = ((n + 2 * (k // 2) - k) // s + 1 for n, k, s in zip(frame_hw, kernel_hw, strides_hw))
-    return ho * wo <= IM2COL_MAX_POSITIONS
-
-
-def conv2d_im2col(x: jax.Array, w: jax.Array, strides: Sequence[int],
-                  precision: Any = None) -> jax.Array:
-    """NHWC 2-D convolution with PyTorch padding k//2, as k·k strided slices + one matmul.
-
-    Same values as ``lax.conv_general_dilated`` up to float summation order: the
-    window taps are stacked along channels in (kH, kW, C) order, the flattening of an
-    HWIO kernel, and contracted with `channel_matmul` (whose weight gradient suits CPU).
-    """
-    kh, kw = w.shape[:2]
-    sh, sw = strides
-    n, h, wd, c = x.shape
-    ho, wo = (h - 1) // sh + 1, (wd - 1) // sw + 1   # odd kernels, padding k // 2
-    xp = jnp.pad(x, ((0, 0), (kh // 2, kh // 2), (kw // 2, kw // 2), (0, 0)))
-    cols = jnp.concatenate([xp[:, a:a + sh * (ho - 1) + 1:sh, b:b + sw * (wo - 1) + 1:sw]
-                            for a in range(kh) for b in range(kw)], axis=-1)
-    return channel_matmul(cols, w.reshape(kh * kw * c, w.shape[-1]), precision)
 
 
 class GroupBatchNorm(nn.Module):
@@ -241,6 +126,7 @@ class Conv(nn.Module):
     strides: Sequence[int] = (1, 1, 1)
     dtype: Any = jnp.float32
     precision: Any = None
+    platform: str | None = None
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -255,17 +141,8 @@ class Conv(nn.Module):
             # As a dot, XLA:CPU runs it and its weight gradient ~2x faster than as a
             # convolution, whose weight gradient also needs a transposed copy of x.
             return channel_matmul(x[:, ::st[0], ::st[1], ::st[2]], w[0, 0, 0], self.precision)
-        if ks[0] == 1 and st[0] == 1:
-            # Frames are independent: fold T into the batch (faster 2-D conv on CPU).
-            b, t = x.shape[:2]
-            x2 = x.reshape((b * t,) + x.shape[2:])
-            if use_im2col(x.shape[2:4], ks[1:], st[1:]):
-                y = conv2d_im2col(x2, w[0], st[1:], self.precision)
-            else:
-                y = lax.conv_general_dilated(
-                    x2, w[0], st[1:], pad[1:],
-                    dimension_numbers=("NHWC", "HWIO", "NHWC"), precision=self.precision)
-            return y.reshape((b, t) + y.shape[1:])
+        if ks[0] == 1 and st[0] == 1:  # frames are independent
+            return frame_conv2d(x, w, st[1:], self.precision, self.platform)
         return lax.conv_general_dilated(
             x, w, st, pad, dimension_numbers=("NTHWC", "THWIO", "NTHWC"),
             precision=self.precision)
@@ -300,6 +177,7 @@ class Block(nn.Module):
     bn_group_clips: int = 0
     dtype: Any = jnp.float32
     precision: Any = None
+    platform: str | None = None
     remat_rsa: bool = False
 
     def _bn(self, name, train, zero=False):
@@ -313,14 +191,14 @@ class Block(nn.Module):
             rsa_cls = (nn.remat(RSA, policy=jax.checkpoint_policies.nothing_saveable)
                        if self.remat_rsa else RSA)
             return rsa_cls(features=self.planes, **dict(self.rsa), dtype=self.dtype,
-                           precision=self.precision, name=name)
+                           precision=self.precision, platform=self.platform, name=name)
         return Conv(self.planes, self.mid_kernel, (1, stride, stride), self.dtype,
-                    self.precision, name=name)
+                    self.precision, self.platform, name=name)
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
         def conv(f, k, s, name):
-            return Conv(f, k, s, self.dtype, self.precision, name=name)
+            return Conv(f, k, s, self.dtype, self.precision, self.platform, name=name)
 
         s = self.stride
         if self.kind == "bottleneck":
@@ -375,6 +253,9 @@ class ResNetTSN(nn.Module):
       remat: one of `REMAT`: 'none', 'rsa' (recompute inside every RSA layer in
         the backward pass) or 'block' (recompute every residual block from its
         input).  Values and gradients are the same; only memory and time change.
+      platform: 'cpu', 'gpu' or 'tpu': the platform the program is built for, which
+        picks the backend forms of every layer (None: the default devices'; see
+        `rsa_jax.layers.conv_forms.resolve_platform`).
     """
 
     depth: int = 50
@@ -392,6 +273,7 @@ class ResNetTSN(nn.Module):
     dtype: Any = jnp.float32
     precision: Any = None
     remat: str = "none"
+    platform: str | None = None
 
     def block_specs(self) -> list[dict]:
         """Static description of every block, in construction order."""
@@ -425,7 +307,7 @@ class ResNetTSN(nn.Module):
         if x.ndim != 5 or x.shape[-1] != 3:
             raise ValueError(f"ResNetTSN expects (B, T, H, W, 3) frames, got {x.shape}")
         feats = {}
-        y = Conv(self.width, (1, 7, 7), (1, 2, 2), self.dtype, self.precision,
+        y = Conv(self.width, (1, 7, 7), (1, 2, 2), self.dtype, self.precision, self.platform,
                  name="conv1")(x.astype(self.dtype))
         y = batch_norm(train, self.bn_group_clips, self.bn_momentum, self.bn_eps, self.dtype,
                        "bn1")(y)
@@ -446,7 +328,8 @@ class ResNetTSN(nn.Module):
                       survival=spec["survival"], downsample=spec["downsample"],
                       bn_momentum=self.bn_momentum, bn_eps=self.bn_eps,
                       bn_group_clips=self.bn_group_clips, dtype=self.dtype,
-                      precision=self.precision, remat_rsa=self.remat == "rsa",
+                      precision=self.precision, platform=self.platform,
+                      remat_rsa=self.remat == "rsa",
                       name=spec["name"])(y, train)
             feats[spec["name"].split("_")[0]] = y  # last block of a stage wins
         pooled = jnp.mean(y.astype(jnp.float32), axis=(2, 3))  # (B, T, C) spatial mean

@@ -180,7 +180,21 @@ def create_train_state(model: nn.Module, tx: optax.GradientTransformation, rng: 
       and for restoring checkpoints.
     """
     init = functools.partial(init_state, model, tx, input_shape=input_shape)
-    abstract = jax.eval_shape(init, rng)
-    shardings = parallel.tree_shardings(mesh, abstract, partition_rules, fsdp_min_size)
+    _, shardings = abstract_train_state(model, tx, input_shape, mesh, partition_rules,
+                                        fsdp_min_size)
     state = jax.jit(init, out_shardings=shardings)(rng)
     return state, shardings
+
+
+def abstract_train_state(model: nn.Module, tx: optax.GradientTransformation,
+                         input_shape: tuple[int, ...], mesh, partition_rules=(),
+                         fsdp_min_size: int = 0) -> tuple[Any, Any]:
+    """The train state's shapes and dtypes (``jax.ShapeDtypeStruct``s carrying their
+    shardings) and its shardings, without computing anything: what `create_train_state`
+    builds, for compiling the step ahead of time (`rsa_jax.aot`)."""
+    init = functools.partial(init_state, model, tx, input_shape=input_shape)
+    abstract = jax.eval_shape(init, jax.random.PRNGKey(0))
+    shardings = parallel.tree_shardings(mesh, abstract, partition_rules, fsdp_min_size)
+    typed = jax.tree_util.tree_map(
+        lambda a, sh: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sh), abstract, shardings)
+    return typed, shardings

@@ -114,7 +114,7 @@ def _prepare_data(config) -> None:
 
 def setup(config, mesh, steps_per_epoch: int):
     """Model, optimiser, sharded state and jitted steps (shared by train and eval)."""
-    model = build_model(config.model)
+    model = build_model(config.model, platform=parallel.mesh_platform(mesh))
     tx = optim.create_optimizer(config, steps_per_epoch)
     state, shardings = step_lib.create_train_state(
         model, tx, jax.random.PRNGKey(config.seed), _input_shape(config), mesh,
@@ -266,7 +266,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     validate.check_classes(config)
     _save_config(config, workdir)
     mesh = parallel.create_mesh(config.get("mesh_shape"))
-    config = tuning.resolve_config(config, workdir)   # conv_strategy='autotune' only
+    config = tuning.resolve_config(   # conv_strategy='autotune' only
+        config, workdir, platform=parallel.mesh_platform(mesh))
     _write_class_names(config, workdir)
     n_train = pipeline.num_examples(config.data, config.train_split)
     steps_per_epoch = max(1, n_train // config.global_batch_size)
@@ -366,7 +367,8 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str, mode: s
     Writes ``<workdir>/eval/<split>_scores.npz`` (test: ``<split>_test_scores.npz``).
     """
     mesh = parallel.create_mesh(config.get("mesh_shape"))
-    config = tuning.resolve_config(config, workdir)   # reuses <workdir>/autotune.json
+    config = tuning.resolve_config(   # reuses <workdir>/autotune.json
+        config, workdir, platform=parallel.mesh_platform(mesh))
     _prepare_data(config)
     state, shardings, _, eval_fn = setup(config, mesh, steps_per_epoch=1)
     ckpt_dir = os.path.join(workdir, "checkpoints")
