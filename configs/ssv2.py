@@ -1,13 +1,18 @@
 """RSANet-R50 on Something-Something V2: the official recipe (docs/training.md).
 
-    python -m rsa_jax.main --config configs/ssv2.py --workdir DIR        # 16 frames
-    python -m rsa_jax.main --config configs/ssv2.py:8 --workdir DIR      # 8 frames
+    python -m rsa_jax.main --config configs/ssv2.py --workdir DIR \\
+        --config.torchvision_init=resnet50-19c8e357.pth --config.data.manual_dir=RAW
+    python -m rsa_jax.main --config configs/ssv2.py:8 --workdir DIR \\
+        --config.torchvision_init=resnet50-19c8e357.pth --config.data.manual_dir=RAW
 
-Logged run (16 frames): 65.98 / 89.88 top-1 / top-5, 1 clip × 1 centre crop
+16 frames by default, `:8` for 8. RAW holds the raw videos and label files
+(docs/data.md#datasets); the first run builds the dataset from them (or
+`python -m rsa_jax.data prepare` does, ahead), later runs no longer need it. Logged
+run (16 frames): 65.98 / 89.88 top-1 / top-5, 1 clip × 1 centre crop
 (docs/method.md#paper-results). Like the official code, training starts from
-torchvision's ImageNet ResNet-50: pass `--config.torchvision_init=PATH` (or
-`--config.init_from=DIR`), or opt out with `--config.from_scratch=True`
-(docs/method.md#imagenet-init).
+torchvision's ImageNet ResNet-50 (`resnet50-19c8e357.pth`): pass
+`--config.torchvision_init=PATH` (or `--config.init_from=DIR`), or opt out with
+`--config.from_scratch=True` (docs/method.md#imagenet-init).
 
 Path fields are typed placeholders (`None` by default) so that
 `--config.data.data_dir=DIR` etc. parse on the command line.

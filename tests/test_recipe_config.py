@@ -12,12 +12,15 @@ config must fail here, with the official line next to it.
 
 from __future__ import annotations
 
+import logging
+import os
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from configs import ssv1, ssv2
+from configs import diving48, finegym, ssv1, ssv2
 
 SS_FLIP_EXEMPT = (86, 87, 93, 94, 166, 167)   # ops/transforms.py:70-71
 
@@ -34,9 +37,9 @@ def test_paper_config_values_are_the_official_ones(name, frames, c):
     assert c.data.name == ("something_something_v1" if v1 else "something_something_v2")
     assert c.data.num_frames == frames          # v2.sh:35 / v1.sh:35 num_segments=$2; log2:448 16
     assert c.data.image_size == 224             # ops/models.py:67 input_size = 224
-    from rsa_jax import validate
-    builder = validate._builder_classes()[c.data.name]
-    stored = validate._builder_config(builder, c.data.builder_config, "")
+    from rsa_jax.data import checks
+    builder = checks.builder_classes()[c.data.name]
+    stored = checks.builder_config(builder, c.data.builder_config, "")
     assert (stored.height, stored.width) == (240, 320)   # main.py:196 GroupScale((240,320))
     from rsa_jax.data import transforms  # unset: the pipeline's default scales
     scales = tuple(c.data.get("crop_scales") or transforms.SCALES)
@@ -142,9 +145,9 @@ def test_weight_decay_mask_matches_the_logged_parameter_groups():
 def test_precision_is_a_documented_validated_config_value():
     """`--config.model.precision=highest` parses on the paper and demo configs (None by
     default: the backend's precision) and a misspelt value stops with one message."""
-    from rsa_jax import validate
+    from rsa_jax import cli, validate
     for spec in ("configs/ssv2.py", "configs/ssv1.py:8", "configs/synthetic.py"):
-        validate.check_overrides(["main", f"--config={spec}", "--config.model.precision=highest"])
+        cli.check_overrides(["main", f"--config={spec}", "--config.model.precision=highest"])
     c = ssv1.get_config("16")
     c.lock()                                     # as --config.model.x=y sees it
     c.model.precision = "highest"
@@ -195,3 +198,51 @@ def test_precision_highest_reaches_every_convolution_and_matmul():
             assert highest not in found
         else:
             assert all(p == highest for p in found), sorted(set(map(str, found)))
+
+
+@pytest.mark.parametrize("c", [diving48.get_config(), diving48.get_config("8"),
+                               finegym.get_config(), finegym.get_config("8,gym288")],
+                         ids=["diving48", "diving48:8", "gym99", "gym288"])
+def test_diving48_and_finegym_flip_every_class_as_the_official_code(c, caplog):
+    """ops/transforms.py:70-73: exempt ids only for 'something', every other dataset
+    flips every class; names that mention left/right do not change that (and are not
+    reported as a label-order problem)."""
+    from rsa_jax.data import pipeline
+    assert tuple(c.data.flip_exempt_classes) == () and c.data.flip is True
+    names = ["forward 2.5 soms left", "back 1 som", "turn right on beam"]
+    with caplog.at_level(logging.WARNING):
+        assert pipeline.flip_exempt_ids(c.data, names) == frozenset()
+    assert not caplog.records
+
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.mark.parametrize("name", ["ssv2", "ssv1", "diving48", "finegym", "finetune"])
+def test_config_docstring_commands_pass_the_start_checks(name, tmp_path, monkeypatch):
+    """The training commands in each config's docstring, with their paths pointing at
+    files that exist, pass every check `main` makes before starting: none stops with
+    FATAL for want of ImageNet weights or raw data."""
+    import importlib
+
+    from test_documented_commands import _commands_in_text, parse_main
+
+    from rsa_jax import validate
+    monkeypatch.chdir(ROOT)
+    module = importlib.import_module(f"configs.{name}")
+    commands = [c for c in _commands_in_text(module.__doc__, name)
+                if c.module == "rsa_jax.main"]
+    assert commands
+    weights = tmp_path / "resnet50-19c8e357.pth"
+    weights.write_bytes(b"")
+    (tmp_path / "dir").mkdir()
+    paths = {"torchvision_init": weights, "init_from": tmp_path / "dir",
+             "data.manual_dir": tmp_path / "dir"}
+    for cmd in commands:
+        args = [a.strip() for a in cmd.args if a.strip()]
+        seen = {k for k in paths for a in args if a.startswith(f"--config.{k}=")}
+        args = [next((f"--config.{k}={v}" for k, v in paths.items()
+                      if a.startswith(f"--config.{k}=")), a) for a in args]
+        cfg = parse_main(args + ["--workdir", str(tmp_path / "w")]).config
+        validate.validate(cfg, str(tmp_path / "w"), mode="train")
+        assert "data.manual_dir" in seen, cmd   # not built yet: the raw files are needed

@@ -112,7 +112,13 @@ def flip_exempt_ids(data_cfg: Any, names: list[str]) -> frozenset[int]:
     if out:
         raise ValueError(f'data.flip_exempt_classes: ids {out} are not classes of '
                          f'{data_cfg.name} (0..{len(names) - 1})')
-    if flip and ids != derived and not transforms.placeholder_names(names):
+    if flip and not ids:
+        # () says "flip every class", as the official code for any dataset but
+        # Something-Something (configs/diving48.py, finegym.py): not a label-order slip.
+        if derived:
+            logging.info('%s: data.flip_exempt_classes=(): every class is flipped, also '
+                         '%s whose names mention left/right', data_cfg.name, sorted(derived))
+    elif flip and ids != derived and not transforms.placeholder_names(names):
         # Real names that disagree with the ids usually mean another label order.
         logging.warning(
             '%s: data.flip_exempt_classes %s name %s, but the classes naming '
