@@ -137,11 +137,47 @@ def main(argv: Sequence[str] | None = None) -> int:
     if loaded is None:
         return 2
     platforms = args.platforms.split(",") if args.platforms else None
-    written = export_stablehlo(loaded, args.out, batch, platforms)
-    if not args.no_saved_model:
-        written.append(export_saved_model(loaded, args.out, batch))
-    print(json.dumps({"out": os.path.abspath(args.out), "files": written}))
+    out = os.path.abspath(args.out)
+    if os.path.exists(out) and not os.path.isdir(out):
+        print(f"error: --out {args.out}: is a file, not a directory", file=sys.stderr)
+        return 2
+
+    def write(directory: str) -> list[str]:
+        written = export_stablehlo(loaded, directory, batch, platforms)
+        if not args.no_saved_model:
+            written.append(export_saved_model(loaded, directory, batch))
+        return written
+
+    written = _write_whole(out, write)
+    print(json.dumps({"out": out, "files": written}))
     return 0
+
+
+def _write_whole(out: str, write) -> list[str]:
+    """Runs ``write(directory)`` in a fresh sibling of ``out`` and renames it to ``out``
+    at the end (replacing an earlier export there), so a failed export leaves nothing
+    behind and never half of one; returns the written paths, under ``out``."""
+    import shutil
+    import tempfile
+    parent, name = os.path.split(out)
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=f".{name}.partial-", dir=parent)
+    old = None
+    try:
+        written = write(tmp)
+        if os.path.isdir(out):
+            old = tempfile.mkdtemp(prefix=f".{name}.old-", dir=parent)
+            os.rename(out, os.path.join(old, name))
+        os.rename(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if old is not None and not os.path.exists(out):   # put the earlier export back
+            os.rename(os.path.join(old, name), out)
+        raise
+    finally:
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    return [out + p[len(tmp):] if p.startswith(tmp) else p for p in written]
 
 
 if __name__ == "__main__":

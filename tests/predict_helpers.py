@@ -54,13 +54,16 @@ def make_workdir(root: str, seed: int = 0) -> tuple[str, ml_collections.ConfigDi
     return workdir, config
 
 
-def make_converted_dir(root: str, num_classes: int = 5) -> tuple[str, dict]:
+def make_converted_dir(root: str, num_classes: int = 5,
+                       model_overrides: dict | None = None) -> tuple[str, dict]:
     """A directory laid out as ``python -m rsa_jax.convert`` writes it (orbax arrays,
-    model_config.json, conversion.json with num_segments) for the tiny model."""
+    model_config.json, conversion.json with num_segments) for the tiny model
+    (``model_overrides``: model config fields changed, e.g. ``rsa_positions``)."""
     from rsa_jax.convert import official as convert_official
     from rsa_jax.models import build_model
     cfg = tiny_config(os.path.join(root, "unused")).model.to_dict()
     cfg["num_classes"] = num_classes
+    cfg.update(model_overrides or {})
     model = build_model(cfg)
     x = jax.numpy.zeros((1, 4, 28, 28, 3))
     variables = jax.jit(lambda k: model.init(k, x, train=False))(jax.random.PRNGKey(3))

@@ -102,3 +102,46 @@ def test_cpu_per_position_matmul_exports_with_a_symbolic_batch():
         jax.ShapeDtypeStruct((b,) + a.shape[1:], a.dtype),
         jax.ShapeDtypeStruct((b,) + w.shape[1:], w.dtype))
     np.testing.assert_allclose(np.asarray(exp.call(a, w)), a @ w, rtol=1e-5, atol=1e-6)
+
+
+def test_default_dynamic_batch_exports_a_stage_one_rsa_model(tmp_path):
+    """The README command `export --checkpoint W --out X` with its defaults (`--batch
+    dynamic`) on a model with RSA in stage 1 at width 8 / 2 heads (the CPU demo's
+    per-head sizes, which pick the batch-dependent matmul form): it used to fail at
+    trace time; the export now runs batches of any size like the model."""
+    converted, _ = ph.make_converted_dir(
+        str(tmp_path), model_overrides={"rsa_positions": ((1,), (), (), ())})
+    out = str(tmp_path / "out")
+    assert export.main(["--checkpoint", converted, "--out", out, "--image_size", "28",
+                        "--no_saved_model"]) == 0
+    loaded = inference.load(converted, image_size=28)
+    model = serving.load(out)
+    assert model.input_shape[0] is None
+    rng = np.random.default_rng(1)
+    for batch in (1, 3):
+        frames = transforms.normalize(rng.integers(0, 256, (batch, 4, 28, 28, 3), np.uint8))
+        ref = np.asarray(loaded.model.apply(loaded.variables, frames, train=False))
+        np.testing.assert_allclose(model(frames), ref, rtol=1e-5, atol=1e-5 * np.abs(ref).max())
+
+
+def test_failed_export_leaves_nothing_and_keeps_an_earlier_export(exported, tmp_path,
+                                                                  monkeypatch):
+    """A failure after the StableHLO files were written (here: in the SavedModel step)
+    leaves no half-written --out, and an earlier export in --out stays intact."""
+    root, good, _ = exported
+    converted = str(root / "converted")
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("jax2tf failed")
+
+    monkeypatch.setattr(export, "export_saved_model", broken)
+    fresh = tmp_path / "fresh"
+    with pytest.raises(RuntimeError, match="jax2tf failed"):
+        export.main(["--checkpoint", converted, "--out", str(fresh), "--image_size", "28"])
+    assert not fresh.exists()
+    assert os.listdir(tmp_path) == []          # no partial sibling left either
+    before = {n: os.path.getmtime(os.path.join(good, n)) for n in os.listdir(good)}
+    with pytest.raises(RuntimeError, match="jax2tf failed"):
+        export.main(["--checkpoint", converted, "--out", good, "--image_size", "28"])
+    assert {n: os.path.getmtime(os.path.join(good, n)) for n in os.listdir(good)} == before
+    assert not [n for n in os.listdir(root) if n.startswith(".")]   # no partial or old copy
