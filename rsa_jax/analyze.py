@@ -170,13 +170,44 @@ def _names(scores_path: str, labels: str | None, num_classes: int) -> list[str]:
     return names
 
 
+def _read_scores(path: str) -> tuple[np.ndarray, np.ndarray, float | None]:
+    """(scores, labels, label smoothing ε of the run or None) of a scores file.
+
+    ε (for ``loss_smoothed``, the run's validation loss) is the file's
+    ``label_smoothing`` entry if it has one, else that of the run's
+    ``config.json`` when the file sits in ``<workdir>/eval/``.
+
+    Raises:
+      ValueError: not an .npz scores file (one line, not NumPy's pickle advice).
+    """
+    what = ("not a score file: expected an .npz with 'scores' and 'labels' arrays "
+            "(<workdir>/eval/*_scores.npz or rsa_jax.ensemble --out)")
+    try:
+        f = np.load(path, allow_pickle=False)
+    except ValueError:   # not .npy / .npz: NumPy suggests allow_pickle
+        raise ValueError(f"{path}: {what}") from None
+    if not isinstance(f, np.lib.npyio.NpzFile):
+        raise ValueError(f"{path}: {what}")
+    with f:
+        if not {"scores", "labels"} <= set(f.files):
+            raise ValueError(f"{path}: {what}; it has {f.files}")
+        scores, y = f["scores"].astype(np.float64), f["labels"].astype(np.int64)
+        smoothing = float(f["label_smoothing"]) if "label_smoothing" in f.files else None
+    if smoothing is None:
+        config = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(path))),
+                              "config.json")
+        try:
+            with open(config) as c:
+                smoothing = json.load(c).get("label_smoothing")
+        except (OSError, ValueError):
+            smoothing = None
+    return scores, y, None if smoothing is None else float(smoothing)
+
+
 def analyze(scores_path: str, labels: str | None = None, out: str | None = None,
             max_classes: int = 30) -> dict:
     """Writes the analysis files (see module doc); returns the summary dict."""
-    with np.load(scores_path) as f:
-        if not {"scores", "labels"} <= set(f.files):
-            raise ValueError(f"{scores_path}: needs 'scores' and 'labels' arrays, has {f.files}")
-        scores, y = f["scores"].astype(np.float64), f["labels"].astype(np.int64)
+    scores, y, smoothing = _read_scores(scores_path)
     names = _names(scores_path, labels, scores.shape[1])
     out = out or os.path.splitext(scores_path)[0] + "_analysis"
     os.makedirs(out, exist_ok=True)
@@ -189,8 +220,13 @@ def analyze(scores_path: str, labels: str | None = None, out: str | None = None,
     _write_csv(os.path.join(out, "direction_pairs.csv"), pairs)
     png = plot_confusion(cm, names, os.path.join(out, "confusion_matrix.png"), max_classes,
                          os.path.basename(scores_path))
+    metrics = accuracy_metrics(scores, y, smoothing or 0.0)
+    if smoothing is None:   # the run's ε is unknown: no smoothed loss rather than a wrong one
+        metrics.pop("loss_smoothed")
+    else:
+        metrics["label_smoothing"] = smoothing
     summary = {"scores": os.path.abspath(scores_path), "out": os.path.abspath(out),
-               **accuracy_metrics(scores, y), "worst_classes": classes[:5],
+               **metrics, "worst_classes": classes[:5],
                "top_confusions": conf[:5], "confusion_matrix": png}
     if pairs:
         summary["direction_acc_mean"] = float(np.mean([p["direction_acc"] for p in pairs]))

@@ -5,6 +5,7 @@ import csv
 import json
 
 import numpy as np
+import pytest
 
 from rsa_jax import analyze
 from rsa_jax.labels import write_class_names
@@ -89,3 +90,38 @@ def test_label_count_mismatch_is_one_clear_error(tmp_path, capsys):
     assert analyze.main([str(path), "--labels", str(labels)]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and "2 class names for 4 score columns" in err
+
+
+def test_not_a_score_file_says_so(tmp_path, capsys):
+    """A PNG (or any non-.npz file) is 'not a score file', not NumPy's allow_pickle advice."""
+    png = tmp_path / "some.png"
+    png.write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(range(64)))
+    npy = tmp_path / "array.npy"
+    np.save(npy, np.zeros(3))
+    for path in (png, npy):
+        assert analyze.main([str(path)]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith(f"error: {path}: not a score file"), err
+        assert "allow_pickle" not in err and "\n" not in err
+
+
+def test_smoothed_loss_uses_the_runs_label_smoothing(tmp_path):
+    """summary.json's loss_smoothed is the run's validation loss: cross-entropy against
+    (1 - ε)·one-hot + ε/K with the run's ε (config.json), not the plain loss."""
+    s, y = _scores()
+    wd = tmp_path / "wd"
+    (wd / "eval").mkdir(parents=True)
+    eps = 0.3
+    (wd / "config.json").write_text(json.dumps({"label_smoothing": eps}))
+    path = wd / "eval" / "validation_scores.npz"
+    np.savez(path, scores=s, labels=y)
+    summary = analyze.analyze(str(path))
+    z = s.astype(np.float64) - s.max(1, keepdims=True)
+    logp = z - np.log(np.exp(z).sum(1, keepdims=True))
+    target = np.full(s.shape, eps / s.shape[1])
+    target[np.arange(len(y)), y] += 1 - eps
+    assert summary["loss_smoothed"] == pytest.approx(-(target * logp).sum(1).mean())
+    assert summary["loss"] == pytest.approx(-logp[np.arange(len(y)), y].mean())
+    assert summary["loss_smoothed"] != pytest.approx(summary["loss"])
+    (wd / "config.json").unlink()   # ε unknown: no smoothed figure rather than a wrong one
+    assert "loss_smoothed" not in analyze.analyze(str(path))

@@ -136,3 +136,32 @@ def test_cli_torchvision(tv_file, tmp_path):
                                   sd["conv1.weight"].transpose(2, 3, 1, 0))
     assert json.loads((out / "model_config.json").read_text())["backbone"] == "rsa"
     assert "layer1_2" not in restored["params"]
+
+
+def test_weights_of_blocks_rsa_replaces_are_not_required(tv_file):
+    """Those blocks keep their fresh init, so a file without (some of) their weights
+    converts to the same backbone; for a model without RSA there the key is required."""
+    _, sd = tv_file
+    cfg = {"depth": 50, "backbone": "rsa", "num_classes": 174}
+    block = next(s["name"] for s in build_model(cfg).block_specs() if s["rsa"])
+    prefix = block.replace("_", ".") + "."
+    dropped = [k for k in sd if k.startswith(prefix)]
+    partial = {k: v for k, v in sd.items() if k not in dropped[:2]}
+    full = torchvision_to_backbone(sd, cfg)
+    got = torchvision_to_backbone(partial, cfg)
+    assert jax.tree_util.tree_structure(got) == jax.tree_util.tree_structure(full)
+    for a, b in zip(jax.tree_util.tree_leaves(got), jax.tree_util.tree_leaves(full)):
+        np.testing.assert_array_equal(a, b)
+    with pytest.raises(CheckpointError, match=f"missing: {dropped[0]}"):
+        torchvision_to_backbone(partial, dict(cfg, backbone="tsn2d"))
+
+
+def test_cli_refuses_unknown_model_config_fields(tv_file, tmp_path, capsys):
+    """A typo in --model_config must not be saved and ignored (main refuses them too)."""
+    from rsa_jax.convert.__main__ import main
+    path, _ = tv_file
+    out = tmp_path / "typo"
+    assert main(["torchvision", str(path), str(out), "--model_config", '{"widht": 64}']) == 2
+    err = capsys.readouterr().err
+    assert "unknown model config field 'widht'; did you mean 'width'?" in err, err
+    assert not out.exists()

@@ -44,6 +44,24 @@ def read_model_config(value: str) -> dict:
     return cfg
 
 
+def _known_fields(fields: dict, defaults: dict) -> dict:
+    """``fields`` if each names a model config field (as ``main``'s ``--config.model.x``
+    must); a typo would otherwise be saved in model_config.json and silently ignored.
+
+    Raises:
+      CheckpointError: naming the unknown field, the closest known one and the list.
+    """
+    import difflib
+    known = set(defaults) | {"precision", "platform"}   # build_model's optional fields
+    for key in fields:
+        if key not in known:
+            close = difflib.get_close_matches(key, sorted(known), n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise CheckpointError(f"--model_config: unknown model config field {key!r}{hint} "
+                                  f"(fields: {', '.join(sorted(known))})")
+    return fields
+
+
 def main(argv: list[str] | None = None) -> int:
     """Runs the converter CLI; returns the process exit code (2 on a bad input)."""
     parser = argparse.ArgumentParser(
@@ -86,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             cfg = default_model_config()
             if args.model_config:
-                cfg.update(read_model_config(args.model_config))
+                cfg.update(_known_fields(read_model_config(args.model_config), cfg))
             for k in ("depth", "backbone"):
                 if getattr(args, k) is not None:
                     cfg[k] = getattr(args, k)

@@ -61,9 +61,15 @@ def torchvision_to_backbone(state_dict_or_path: Any, model_cfg: Any,
             expected[key[len("base_model."):]] = shape[:2] + shape[3:] if len(shape) == 5 \
                 else shape
     fc = {k: v.shape for k, v in sd.items() if k in ("fc.weight", "fc.bias")}
-    check_keys({k: v.shape for k, v in sd.items() if k not in fc}, expected,
-                "torchvision state dict")
     rsa_blocks = {s["name"] for s in model.block_specs() if s["rsa"]}
+    # The blocks RSA replaces are skipped whole: what the file has there is not checked.
+    skipped = {module_to_torch(b) for b in rsa_blocks}
+
+    def used(key: str) -> bool:
+        return ".".join(key.split(".")[:2]) not in skipped
+
+    check_keys({k: v.shape for k, v in sd.items() if k not in fc and used(k)},
+               {k: v for k, v in expected.items() if used(k)}, "torchvision state dict")
     abstract = abstract_variables(model)
     out = {}
     for col in ("params", "batch_stats"):
