@@ -51,6 +51,38 @@ check_config() {
   [[ -f "$REPO_ROOT/$file" || -f "$file" ]] || die "--config: no such file '$file'"
 }
 
+# The torch version of requirements-dev.txt: only to read a .pth ImageNet init file.
+torch_version() {
+  sed -n 's/^torch==//p' "$REPO_ROOT/requirements-dev.txt"
+}
+TORCH_CPU_INDEX=https://download.pytorch.org/whl/cpu
+TORCHVISION_URL=https://download.pytorch.org/models/resnet50-19c8e357.pth
+
+# needs_init CONFIG INIT_FILE MAIN_FLAGS...: false when CONFIG trains from ImageNet
+# weights (every config but those setting from_scratch = True, as configs/synthetic.py)
+# and neither INIT_FILE nor an init flag nor --mode=eval/test is given.
+needs_init() {
+  local file="${1%%:*}" tv="$2" f
+  shift 2
+  [[ -n "$tv" ]] && return 0
+  [[ -f "$REPO_ROOT/$file" ]] && file="$REPO_ROOT/$file"
+  grep -Eq '^\s*c\.from_scratch\s*=\s*True' "$file" && return 0
+  for f in "$@"; do
+    case "$f" in
+      --config.torchvision_init=?*|--config.init_from=?*|--config.from_scratch=True) return 0 ;;
+      --mode=eval|--mode=test) return 0 ;;
+    esac
+  done
+  return 1
+}
+
+# init_message CONFIG HOW: what to pass when needs_init fails.
+init_message() {
+  echo "$1 trains from ImageNet weights, as the official code: give $2," \
+    "--config.init_from=DIR (an rsa_jax.convert folder), or --config.from_scratch=True" \
+    "to train from random weights on purpose; a run resuming from its checkpoints ignores them"
+}
+
 # The jax version pinned in requirements.txt, so accelerator wheels match it.
 jax_version() {
   sed -n 's/^jax==//p' "$REPO_ROOT/requirements.txt"

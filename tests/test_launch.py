@@ -22,13 +22,28 @@ def _commands(stdout):
     return [shlex.split(ln[2:]) for ln in stdout.splitlines() if ln.startswith("+ ")]
 
 
-def test_tpu_pod_dry_run_prints_full_gcloud_commands():
+def test_tpu_pod_dry_run_prints_full_gcloud_commands(tmp_path):
+    weights = tmp_path / "resnet50-19c8e357.pth"
+    weights.write_bytes(b"")
     r = _run("tpu_pod.sh", "--dry-run", "--name", "rsa-v4-32", "--zone", "us-central2-b",
              "--accelerator", "v4-32", "--create", "--project", "my-proj",
              "--config", "configs/ssv2.py:8", "--workdir", "gs://bkt/runs/ssv2",
-             "--data_dir", "gs://bkt/tfds", "--", "--config.model.dtype=bfloat16")
+             "--data_dir", "gs://bkt/tfds", "--torchvision_init", str(weights),
+             "--", "--config.model.dtype=bfloat16")
     assert r.returncode == 0, r.stderr
     cmds = _commands(r.stdout)
+    # The ImageNet init file goes to every worker's home, next to the code folder, and
+    # torch (CPU, requirements-dev.txt's version) is installed to read it.
+    copy = ["gcloud", "compute", "tpus", "tpu-vm", "scp", str(weights),
+            "rsa-v4-32:resnet50-19c8e357.pth", "--zone=us-central2-b", "--project=my-proj",
+            "--worker=all"]
+    assert cmds.pop(4) == copy
+    with open(os.path.join(ROOT, "requirements-dev.txt")) as f:
+        torch_pin = next(ln.strip() for ln in f if ln.startswith("torch=="))
+    torch_install = shlex.split(cmds.pop(6)[-1].removeprefix("--command="))
+    assert torch_install == ["~/.local/bin/uv", "pip", "install", "-q", "--python",
+                             "~/rsa_venv/bin/python", "--index-url",
+                             "https://download.pytorch.org/whl/cpu", torch_pin]
     gflags = ["--zone=us-central2-b", "--project=my-proj"]
     assert cmds[0] == ["gcloud", "compute", "tpus", "tpu-vm", "create", "rsa-v4-32", *gflags,
                        "--accelerator-type=v4-32", "--version=tpu-ubuntu2204-base"]
@@ -56,7 +71,29 @@ def test_tpu_pod_dry_run_prints_full_gcloud_commands():
         "cd", "~/rsa_jax", "&&", "RSA_DISTRIBUTED=1", "~/rsa_venv/bin/python", "-m",
         "rsa_jax.main",
         "--config=configs/ssv2.py:8", "--workdir=gs://bkt/runs/ssv2",
-        "--config.data.data_dir=gs://bkt/tfds", "--config.model.dtype=bfloat16"]
+        "--config.data.data_dir=gs://bkt/tfds",
+        "--config.torchvision_init=../resnet50-19c8e357.pth", "--config.model.dtype=bfloat16"]
+
+
+@pytest.mark.parametrize("extra, ok", [
+    ([], False),
+    (["--", "--config.model.dtype=bfloat16"], False),
+    (["--", "--config.torchvision_init=/data/resnet50-19c8e357.pth"], True),
+    (["--", "--config.init_from=/ckpt/rsa_ssv2"], True),
+    (["--", "--config.from_scratch=True"], True),
+    (["--", "--mode=test"], True),
+])
+def test_tpu_pod_refuses_a_paper_config_without_init_before_creating_anything(extra, ok):
+    """Main would stop with FATAL for want of ImageNet weights only at the last step,
+    after creating and provisioning the pod: the script says so before the first."""
+    r = _run("tpu_pod.sh", "--dry-run", "--name", "p", "--zone", "z", "--create",
+             "--accelerator", "v4-8", "--config", "configs/ssv1.py:8", "--workdir",
+             "gs://b/w", *extra)
+    if ok:
+        assert r.returncode == 0, r.stderr
+    else:
+        assert r.returncode == 2 and r.stdout == ""
+        assert "trains from ImageNet weights" in r.stderr and "--torchvision_init" in r.stderr
 
 
 def test_tpu_pod_dry_run_existing_vm_detached():
@@ -86,6 +123,8 @@ def test_tpu_pod_dry_run_existing_vm_detached():
     (["--name", "Bad_Name", "--zone", "z", "--config", "configs/ssv2.py", "--workdir", "gs://b/w"],
      "lowercase letters"),
     (["--name", "p", "--zone"], "--zone needs a value"),
+    (["--name", "p", "--zone", "z", "--config", "configs/ssv2.py", "--workdir", "gs://b/w",
+      "--torchvision_init", "/nonexistent/r50.pth"], "no such file '/nonexistent/r50.pth'"),
     (["--bogus"], "unknown argument '--bogus'"),
 ])
 def test_tpu_pod_rejects_bad_arguments(args, message):
