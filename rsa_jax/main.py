@@ -63,12 +63,13 @@ def main(argv):
     tf.config.set_visible_devices([], "GPU")
 
     from rsa_jax import validate
+    from rsa_jax.cli import ConfigError
     from rsa_jax.data.builders import BadInputError, EmptySplitError
     config, workdir = FLAGS.config, FLAGS.workdir
     try:
         validate.validate(config, workdir, mode=FLAGS.mode, num_devices=jax.device_count(),
                           num_processes=jax.process_count())
-    except validate.ConfigError as e:
+    except ConfigError as e:
         _fatal(e)
     done = validate.finished_run(config, workdir) if FLAGS.mode == "train" else None
     if done:
@@ -86,7 +87,7 @@ def main(argv):
                 validate.write_done(workdir, config, metrics)
         else:
             train.evaluate_checkpoint(config, workdir, mode=FLAGS.mode)
-    except (validate.ConfigError, BadInputError, EmptySplitError,
+    except (ConfigError, BadInputError, EmptySplitError,
             CheckpointError) as e:  # one line, no traceback
         _fatal(e)
     except Preempted as e:  # checkpoint written; the scheduler may restart the same command
@@ -95,5 +96,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    from rsa_jax import validate  # lazily, as before: it loads the builders
-    app.run(main, flags_parser=validate.parse_flags)
+    from rsa_jax import cli
+    app.run(main, flags_parser=cli.parse_flags)

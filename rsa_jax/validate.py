@@ -3,23 +3,22 @@
 ``validate(config, workdir)`` raises ``ConfigError`` with one clear message for
 each mistake that would otherwise surface minutes later as a long traceback
 (or, for a crop larger than the stored frames, as a silent upscale that runs
-out of memory before step 1). ``check_overrides(argv)`` catches typo'd
-``--config.x=y`` keys before absl parses them; ``finished_run`` tells a rerun
-of a finished training run where its results are.
+out of memory before step 1): the workdir, the init, the model, the schedule,
+the mesh and batch sizes here, the data block through `rsa_jax.data.checks`.
+``finished_run`` tells a rerun of a finished training run where its results are.
+Typo'd ``--config.x=y`` keys and flag parsing: `rsa_jax.cli`.
 """
 
 from __future__ import annotations
 
-import difflib
-import importlib.util
 import json
 import os
-import sys
-import textwrap
 from collections.abc import Sequence
 from typing import Any
 
 from etils import epath
+
+from rsa_jax.cli import ConfigError, suggest
 
 DONE_FILE = "DONE.json"
 TORCHVISION_URL = "https://download.pytorch.org/models/resnet50-19c8e357.pth"
@@ -35,78 +34,6 @@ PRECISIONS = ("default", "high", "highest")
 # 'highest' is true float32, as the official V100 run (docs/training.md#recipe-audit).
 PRECISIONS = ("default", "high", "highest")
 SYNTHETIC = "synthetic_motion"
-
-
-class ConfigError(ValueError):
-    """A config/flag mistake found before any work starts; the message says how to fix it."""
-
-
-def _builder_classes() -> dict[str, type]:
-    """Our TFDS builders by dataset name (importing them registers them): every
-    `VideoBuilder` the builders package exports, so a new one cannot be left out."""
-    from rsa_jax.data import builders
-    classes = [getattr(builders, n) for n in builders.__all__]
-    return {cls.name: cls for cls in classes if isinstance(cls, type)
-            and issubclass(cls, builders.VideoBuilder) and cls is not builders.VideoBuilder}
-
-
-def _suggest(word: str, options: Sequence[str]) -> str:
-    close = difflib.get_close_matches(word, list(options), n=1)
-    return f'; did you mean {close[0]!r}?' if close else ''
-
-
-# ----------------------------------------------------------------- argv overrides
-
-def _load_config_file(spec: str) -> Any:
-    """Runs ``get_config`` of a config file given as ``path[:arg]``."""
-    path, _, arg = spec.partition(":")
-    if not os.path.isfile(path):
-        raise ConfigError(f"--config: file {path!r} not found")
-    module_spec = importlib.util.spec_from_file_location("_rsa_config", path)
-    module = importlib.util.module_from_spec(module_spec)
-    try:
-        module_spec.loader.exec_module(module)
-        return module.get_config(arg) if arg else module.get_config()
-    except Exception as e:  # any error in the user's file, named in one line
-        raise ConfigError(f"--config {spec}: get_config failed ({type(e).__name__}: {e})") from e
-
-
-def _config_spec(argv: Sequence[str]) -> str | None:
-    for i, a in enumerate(argv):
-        if a.startswith("--config="):
-            return a.split("=", 1)[1]
-        if a == "--config" and i + 1 < len(argv):
-            return argv[i + 1]
-    return None
-
-
-def check_overrides(argv: Sequence[str]) -> None:
-    """Checks the ``--config`` file loads and every ``--config.a.b[=v]`` names a field.
-
-    absl reports an unknown key as three chained tracebacks, and a missing
-    config file only when the config is first used; this names the flag (and
-    the closest existing key) at once.
-
-    Raises:
-      ConfigError: unknown key (with a suggestion), or a config file that is
-        missing or fails to load.
-    """
-    spec = _config_spec(argv)
-    if spec is None:
-        return
-    overrides = [a[len("--config."):].split("=", 1)[0] for a in argv
-                 if a.startswith("--config.")]
-    config = _load_config_file(spec)
-    for key in overrides:
-        node, walked = config, []
-        for part in key.split("."):
-            fields = list(node.keys()) if hasattr(node, "keys") else []
-            if part not in fields:
-                where = ".".join(walked) or "the config"
-                raise ConfigError(f"--config.{key}: {where} has no field {part!r}"
-                                  f"{_suggest(part, fields)} (fields: {', '.join(sorted(fields))})")
-            node = node[part]
-            walked.append(part)
 
 
 # ---------------------------------------------------------------------- checks
@@ -152,21 +79,21 @@ def _check_model(model: Any) -> None:
     backbone = model.get("backbone", "rsa")
     if backbone not in BACKBONES:
         raise ConfigError(f"--config.model.backbone={backbone!r} is not one of "
-                          f"{', '.join(BACKBONES)}{_suggest(str(backbone), BACKBONES)}")
+                          f"{', '.join(BACKBONES)}{suggest(str(backbone), BACKBONES)}")
     dtype = model.get("dtype", "float32")
     if dtype not in DTYPES:
         raise ConfigError(f"--config.model.dtype={dtype!r} is not one of {', '.join(DTYPES)}"
-                          f"{_suggest(str(dtype), DTYPES)}")
+                          f"{suggest(str(dtype), DTYPES)}")
     precision = model.get("precision")
     if precision is not None and precision not in PRECISIONS:
         raise ConfigError(f"--config.model.precision={precision!r} is not one of "
                           f"{', '.join(PRECISIONS)} (or None, the backend's default)"
-                          f"{_suggest(str(precision), PRECISIONS)}")
+                          f"{suggest(str(precision), PRECISIONS)}")
     precision = model.get("precision")
     if precision is not None and precision not in PRECISIONS:
         raise ConfigError(f"--config.model.precision={precision!r} is not one of "
                           f"{', '.join(PRECISIONS)} (or None, the backend's default)"
-                          f"{_suggest(str(precision), PRECISIONS)}")
+                          f"{suggest(str(precision), PRECISIONS)}")
     depth = model.get("depth", 50)
     if depth not in STAGE_BLOCKS:
         raise ConfigError(f"--config.model.depth={depth} is not one of "
@@ -236,88 +163,14 @@ def check_classes(config: Any, names: Sequence[str] | None = None) -> None:
     Raises:
       ConfigError: a class-count mismatch, or flip ids that are not classes.
     """
-    from rsa_jax.data import pipeline
+    from rsa_jax.data import checks, pipeline
     names = list(pipeline.class_names(config.data) if names is None else names)
     want = config.get("model", {}).get("num_classes")
     if want is not None and want != len(names):
         raise ConfigError(f"--config.model.num_classes={want} but dataset {config.data.name} "
                           f"has {len(names)} classes; set --config.model.num_classes="
                           f"{len(names)}")
-    check_flip_ids(config.data, names)
-
-
-def check_flip_ids(data: Any, names: Sequence[str]) -> None:
-    """``data.flip_exempt_classes`` must be ids of the dataset's classes."""
-    from rsa_jax.data import pipeline
-    try:
-        pipeline.flip_exempt_ids(data, list(names))
-    except ValueError as e:
-        raise ConfigError(f"--config.{e}; these ids are a config's (configs/ssv2.py: "
-                          "Something-Something's order): set --config.data.flip_exempt_classes"
-                          "=None to find left/right classes by name, or list this dataset's "
-                          "ids") from None
-
-
-def _builder_config(cls: type, name: str | None, flag: str) -> Any:
-    configs = {c.name: c for c in cls.BUILDER_CONFIGS}
-    name = name or cls.DEFAULT_CONFIG_NAME
-    if name not in configs:
-        raise ConfigError(f"{flag}builder_config={name!r} is not a config of "
-                          f"{cls.name}: {', '.join(configs)}{_suggest(name, list(configs))}")
-    return configs[name]
-
-
-def _is_prepared(data: Any) -> bool:
-    from rsa_jax.data import pipeline
-    return pipeline._builder(data).is_prepared()
-
-
-def check_dataset(data: Any, flag: str = "--config.data.") -> Any:
-    """Dataset name, builder config and raw data of ``data`` (a config's data block).
-
-    Args:
-      data: needs ``name``; ``builder_config``, ``manual_dir``, ``data_dir`` optional.
-      flag: prefix of the flags named in messages (the data command uses '--').
-    Returns:
-      the TFDS builder config (its ``height``/``width`` are the stored frames).
-    Raises:
-      ConfigError: unknown dataset or builder config, or raw data needed and absent
-        (the message carries the builder's download instructions).
-    """
-    classes = _builder_classes()
-    if data.name not in classes:
-        raise ConfigError(f"{flag}name={data.name!r} is not one of our datasets: "
-                          f"{', '.join(sorted(classes))}{_suggest(data.name, list(classes))}")
-    cls = classes[data.name]
-    cfg = _builder_config(cls, data.get("builder_config"), flag)
-    instructions = getattr(cls, "MANUAL_DOWNLOAD_INSTRUCTIONS", None)
-    manual_dir = data.get("manual_dir")
-    if instructions and not (manual_dir and os.path.isdir(manual_dir)) \
-            and not _is_prepared(data):
-        problem = ("is not set" if not manual_dir else f"{manual_dir!r} is not a directory")
-        raise ConfigError(
-            f"{data.name} is not built yet and {flag}manual_dir {problem}; put the raw "
-            "data there as follows:\n" + textwrap.indent(textwrap.dedent(instructions), "  "))
-    return cfg
-
-
-def check_data(data: Any) -> None:
-    """check_dataset, then crop size, frame count and test views against the stored frames."""
-    cfg = check_dataset(data)
-    height, width = getattr(cfg, "height", 240), getattr(cfg, "width", 320)  # as pipeline.py
-    side = min(height, width)
-    if not 1 <= data.image_size <= side:
-        raise ConfigError(
-            f"--config.data.image_size={data.image_size} must be in [1, {side}]: "
-            f"{data.name}/{cfg.name} stores {height}x{width} frames and crops are taken "
-            "from them (a larger crop would be upscaled)")
-    if data.num_frames < 1:
-        raise ConfigError(f"--config.data.num_frames={data.num_frames} must be >= 1")
-    clips, crops = data.get("test_num_clips", 1), data.get("test_num_crops", 1)
-    if clips < 1:
-        raise ConfigError(f"--config.data.test_num_clips={clips} must be >= 1")
-    if crops not in (1, 3):
-        raise ConfigError(f"--config.data.test_num_crops={crops} must be 1 or 3")
+    checks.check_flip_ids(config.data, names)
 
 
 def mesh_sizes(mesh_shape: Any, num_devices: int) -> dict[str, int]:
@@ -386,10 +239,11 @@ def validate(config: Any, workdir: str, *, mode: str = "train",
     if mode == "train":
         _check_schedule(config)
     _flip_ids(config.data)
-    check_data(config.data)
+    from rsa_jax.data import checks  # imports the pipelines: not at module level
+    checks.check_data(config.data)
     if num_devices is not None:
         _check_batches(config, num_devices, num_processes)
-    if _is_prepared(config.data):   # else training checks them once it has built it
+    if checks.is_prepared(config.data):   # else training checks them once it has built it
         check_classes(config)
 
 
@@ -423,16 +277,3 @@ def finished_run(config: Any, workdir: str) -> str | None:
             f"{os.path.join(workdir, 'checkpoints')}, eval scores in "
             f"{os.path.join(workdir, 'eval')}; use --mode=test to evaluate it, or a new "
             f"--workdir (or delete {path}) to train again")
-
-
-def parse_flags(argv: list[str]) -> list[str]:
-    """absl's flag parsing for our entry points (`app.run(..., flags_parser=...)`), with
-    typo'd --config.x keys and flag errors reported as one FATAL line."""
-    from absl import flags
-    try:
-        check_overrides(argv)
-        return flags.FLAGS(argv)
-    except ConfigError as e:
-        sys.exit(f"FATAL: {e}")
-    except flags.Error as e:
-        sys.exit(f"FATAL: {e} (see --helpfull)")

@@ -83,7 +83,7 @@ def test_data_inspect_absent_split_is_one_line(built, tmp_path):
                        check=False, capture_output=True, text=True, timeout=300)
     line = _one_fatal_line(r)
     assert line.startswith("FATAL: --split 'test': synthetic_motion has the splits "), line
-    names = sorted(pipeline._prepared(dh.synthetic_cfg(built)).info.splits)
+    names = sorted(pipeline.prepared_builder(dh.synthetic_cfg(built)).info.splits)
     assert line.split("has the splits ")[1].startswith(", ".join(names)), line
     assert not (tmp_path / "grid.png").exists()
 

@@ -11,7 +11,7 @@ import pytest
 from rsa_jax import data
 from rsa_jax.data import problems as problems_lib
 from rsa_jax.data.builders import BadInputError, EmptySplitError
-from rsa_jax.data.pipeline import _builder
+from rsa_jax.data.pipeline import tfds_builder
 
 HOLD = 'Holding [something]'
 
@@ -175,7 +175,7 @@ def test_missing_label_file_names_path(tmp_path):
 def test_bad_on_error_value(tmp_path):
     cfg = _cfg('synthetic_motion', tmp_path, tmp_path, on_error='ignore')
     with pytest.raises(ValueError, match="on_error must be 'skip' or 'raise'"):
-        _builder(cfg)
+        tfds_builder(cfg)
 
 
 def test_fine_gym_and_diving48_list_problems(tmp_path):

@@ -11,8 +11,8 @@ import ml_collections
 import numpy as np
 import pytest
 
-from rsa_jax import data, validate
-from rsa_jax.data import inspection
+from rsa_jax import cli, data
+from rsa_jax.data import checks, inspection
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -52,9 +52,9 @@ def test_grid_has_a_row_per_clip_and_a_column_per_frame(tiny, tmp_path):
 
 
 def test_unknown_name_lists_ours_with_flag_of_the_command():
-    with pytest.raises(validate.ConfigError, match=r"--name='video_lst' is not one of our "
+    with pytest.raises(cli.ConfigError, match=r"--name='video_lst' is not one of our "
                        r"datasets: .*; did you mean 'video_list'\?"):
-        validate.check_dataset(ml_collections.ConfigDict({'name': 'video_lst'}), '--')
+        checks.check_dataset(ml_collections.ConfigDict({'name': 'video_lst'}), '--')
 
 
 @pytest.fixture

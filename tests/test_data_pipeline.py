@@ -174,7 +174,7 @@ def test_normalize_and_flip():
 
 def _loader(data_dir, **kw):
     it_cfg = dh.synthetic_cfg(data_dir, **kw)
-    builder = pipeline._builder(it_cfg)
+    builder = pipeline.tfds_builder(it_cfg)
     spec = pipeline.ClipSpec(
         num_frames=4, image_size=28, height=32, width=40, flip=kw.get('flip', True),
         flip_exempt=transforms.flip_exempt_classes(synthetic_motion.CLASS_NAMES))
@@ -201,7 +201,7 @@ def test_flip_never_touches_left_right_classes(data_dir):
 def test_train_batches_shape_and_labels(data_dir):
     cfg = dh.synthetic_cfg(data_dir)
     names = data.class_names(cfg)
-    src = pipeline._builder(cfg).as_data_source('train')
+    src = pipeline.tfds_builder(cfg).as_data_source('train')
     it = data.create_iterator(cfg, split='train', mode='train',
                               global_batch_size=8, seed=1)
     seen = []
@@ -272,7 +272,7 @@ def test_eval_is_centre_crop_of_centre_frames(data_dir):
     cfg = dh.synthetic_cfg(data_dir)
     b = next(data.create_iterator(cfg, split='validation', mode='eval',
                                   global_batch_size=2))
-    src = pipeline._builder(cfg).as_data_source('validation')
+    src = pipeline.tfds_builder(cfg).as_data_source('validation')
     rec = src[int(b['index'][0])]
     frames = np.stack([data.decode.decode_jpeg(rec['frames'][i])
                        for i in sampling.eval_indices(8, 4)])
@@ -285,7 +285,7 @@ def test_test_mode_views(data_dir):
     b = next(data.create_iterator(cfg, split='validation', mode='test',
                                   global_batch_size=2))
     assert b['video'].shape == (2, 6, 4, 28, 28, 3)
-    src = pipeline._builder(cfg).as_data_source('validation')
+    src = pipeline.tfds_builder(cfg).as_data_source('validation')
     rec = src[int(b['index'][1])]
     idx = sampling.test_indices(8, 4, 1, 2)  # second clip
     frames = np.stack([data.decode.decode_jpeg(rec['frames'][i]) for i in idx])
@@ -305,7 +305,7 @@ def test_default_test_views_two_clips_one_centre_crop(data_dir):
     b = next(data.create_iterator(cfg, split='validation', mode='test',
                                   global_batch_size=2))
     assert b['video'].shape == (2, 2, 4, 28, 28, 3)
-    rec = pipeline._builder(cfg).as_data_source('validation')[int(b['index'][0])]
+    rec = pipeline.tfds_builder(cfg).as_data_source('validation')[int(b['index'][0])]
     for clip, positions in enumerate(([0, 2, 4, 6], [1, 3, 5, 7])):  # 8 frames, 4 segments
         assert sampling.test_indices(8, 4, clip, 2).tolist() == positions
         frames = np.stack([data.decode.decode_jpeg(rec['frames'][i]) for i in positions])

@@ -133,7 +133,7 @@ def test_train_clip_matches_official_pil_pipeline(tmp_path):
     d = str(tmp_path)
     cfg = dh.synthetic_cfg(d)
     data.prepare(cfg)
-    builder = pipeline._builder(cfg)
+    builder = pipeline.tfds_builder(cfg)
     source = builder.as_data_source('train')
     spec = pipeline.ClipSpec(num_frames=4, image_size=28, height=32, width=40)
     transform = pipeline.TrainTransform(pipeline.ClipLoader(source, spec))

@@ -92,7 +92,7 @@ def test_predict_equals_eval_mode(workdir, tmp_path, capsys):
     wd, config = workdir
     train.evaluate_checkpoint(config, wd, mode="eval")
     scores = np.load(eval_lib.scores_path(wd, config.eval_split))
-    source = pipeline._prepared(config.data).as_data_source(config.eval_split)
+    source = pipeline.prepared_builder(config.data).as_data_source(config.eval_split)
     i = 5
     folder = tmp_path / "video5"
     folder.mkdir()

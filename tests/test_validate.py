@@ -7,8 +7,8 @@ import sys
 
 import pytest
 
-from rsa_jax import validate
-from rsa_jax.validate import ConfigError
+from rsa_jax import cli, validate
+from rsa_jax.cli import ConfigError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 OUR_DATASETS = ("diving48", "fine_gym", "something_something_v1", "something_something_v2",
@@ -169,23 +169,23 @@ def test_typo_in_override_suggests(tmp_path):
     argv = ["main", "--config", "configs/synthetic.py", "--config.model.dtpe=x"]
     with pytest.raises(ConfigError, match=r"--config\.model\.dtpe: model has no field "
                        r"'dtpe'; did you mean 'dtype'\?"):
-        validate.check_overrides([a.replace("configs/", ROOT + "/configs/") for a in argv])
+        cli.check_overrides([a.replace("configs/", ROOT + "/configs/") for a in argv])
     ok = ["main", f"--config={ROOT}/configs/ssv2.py:8", "--config.data.image_size=112",
           "--config.model.rsa.num_heads=4"]
-    validate.check_overrides(ok)
+    cli.check_overrides(ok)
     with pytest.raises(ConfigError, match=r"the config has no field 'learning_rte'; "
                        r"did you mean 'learning_rate'"):
-        validate.check_overrides(ok + ["--config.learning_rte=1"])
+        cli.check_overrides(ok + ["--config.learning_rte=1"])
 
 
 def test_config_file_errors_are_one_line(tmp_path):
     with pytest.raises(ConfigError, match=r"--config: file 'nope\.py' not found"):
-        validate.check_overrides(["main", "--config", "nope.py", "--workdir", "w"])
+        cli.check_overrides(["main", "--config", "nope.py", "--workdir", "w"])
     bad = tmp_path / "bad.py"
     bad.write_text("def get_config(arg='16'):\n    return int(arg) / 0\n")
     with pytest.raises(ConfigError, match=r"--config .*bad\.py:8: get_config failed "
                        r"\(ZeroDivisionError: division by zero\)"):
-        validate.check_overrides(["main", f"--config={bad}:8"])
+        cli.check_overrides(["main", f"--config={bad}:8"])
 
 
 def test_finished_run(synth, tmp_path):
@@ -243,9 +243,9 @@ def test_bn_groups_must_divide_the_micro_batch(ssv2, tmp_path):
 def test_every_exported_builder_is_a_known_dataset():
     """validate's dataset list is the builders package's: `video_folder` (the fine-tune
     dataset of docs/using.md) was missing, so its documented command stopped at once."""
-    from rsa_jax.data import builders
+    from rsa_jax.data import builders, checks
     exported = {getattr(builders, n).name for n in builders.__all__
                 if isinstance(getattr(builders, n), type)
                 and issubclass(getattr(builders, n), builders.VideoBuilder)
                 and getattr(builders, n) is not builders.VideoBuilder}
-    assert set(validate._builder_classes()) == exported and "video_folder" in exported
+    assert set(checks.builder_classes()) == exported and "video_folder" in exported

@@ -62,10 +62,9 @@ def _data_config() -> ml_collections.ConfigDict:
 
 def prepare(data: ml_collections.ConfigDict) -> str:
     """Builds (or finds built) the dataset; returns the closing summary line."""
-    from rsa_jax import validate
-    from rsa_jax.data import pipeline, problems
+    from rsa_jax.data import checks, pipeline, problems
     prefix = "--config.data." if FLAGS.config is not None else "--"
-    validate.check_dataset(data, prefix)
+    checks.check_dataset(data, prefix)
     builder = pipeline.prepare(data)
     data_dir = str(builder.data_dir)
     content = problems.read(data_dir)
@@ -77,28 +76,14 @@ def prepare(data: ml_collections.ConfigDict) -> str:
 
 def inspect(data: ml_collections.ConfigDict) -> str:
     """Prints split statistics; writes the clip grid; returns the grid's line."""
-    from rsa_jax import validate
-    from rsa_jax.data import inspection
+    from rsa_jax.data import checks, inspection
     if FLAGS.config is None:
         raise app.UsageError("inspect needs --config (frames, crop size and augmentation)")
-    validate.check_data(data)
-    _check_split(data, FLAGS.split)
+    checks.check_data(data)
+    checks.check_split(data, FLAGS.split)
     print(inspection.format_stats(inspection.split_stats(data, FLAGS.split, FLAGS.stats_limit)))
     return inspection.write_grid(data, FLAGS.split, FLAGS.out, FLAGS.num_clips,
                                  seed=FLAGS.config.get("seed", 0))
-
-
-def _check_split(data: ml_collections.ConfigDict, split: str) -> None:
-    """The split exists in the built dataset (TFDS slicing such as 'train[:10%]' allowed),
-    and the config's flip ids are classes of it (the grid's train clips flip)."""
-    from rsa_jax import validate
-    from rsa_jax.data import pipeline
-    builder = pipeline._prepared(data)
-    splits = sorted(builder.info.splits)
-    if split.split("[")[0] not in splits:
-        raise validate.ConfigError(f"--split {split!r}: {data.name} has the splits "
-                                   f"{', '.join(splits)}{validate._suggest(split, splits)}")
-    validate.check_flip_ids(data, builder.info.features["label"].names)
 
 
 def main(argv: list[str]) -> None:
@@ -108,16 +93,16 @@ def main(argv: list[str]) -> None:
     # Library INFO lines would bury the progress bars and the summary; the
     # per-video skip warnings stay.
     logging.set_verbosity(logging.WARNING)
-    from rsa_jax import validate
+    from rsa_jax.cli import ConfigError
     from rsa_jax.data.builders import BadInputError, EmptySplitError
     data = _data_config()
     try:
         line = prepare(data) if argv[1] == "prepare" else inspect(data)
-    except (validate.ConfigError, BadInputError, EmptySplitError, FileNotFoundError) as e:
+    except (ConfigError, BadInputError, EmptySplitError, FileNotFoundError) as e:
         _fatal(e)
     print(line, flush=True)
 
 
 if __name__ == "__main__":
-    from rsa_jax import validate  # lazily, as before: it loads the builders
-    app.run(main, flags_parser=validate.parse_flags)
+    from rsa_jax import cli
+    app.run(main, flags_parser=cli.parse_flags)

@@ -22,7 +22,7 @@ def split_stats(data_cfg: Any, split: str, limit: int = 1000) -> dict[str, Any]:
     Reads at most `limit` records, evenly spaced over the split (reading a
     record reads its frames too, so a full pass over SSv2 would take long).
     """
-    builder = pipeline._prepared(data_cfg)
+    builder = pipeline.prepared_builder(data_cfg)
     source = builder.as_data_source(split)
     n = len(source)
     picks = np.unique(np.linspace(0, n - 1, min(n, limit)).round().astype(int))

@@ -43,7 +43,9 @@ from rsa_jax.data import (
 MODES = ('train', 'eval', 'test')
 
 
-def _builder(data_cfg: Any, data_dir: str | None = None):
+def tfds_builder(data_cfg: Any, data_dir: str | None = None):
+    """The TFDS builder of ``data_cfg`` (``name``, ``builder_config``, ``data_dir``),
+    built or not."""
     name = data_cfg.name
     if data_cfg.get('builder_config'):
         name = f'{name}/{data_cfg.builder_config}'
@@ -52,8 +54,13 @@ def _builder(data_cfg: Any, data_dir: str | None = None):
                         num_workers=data_cfg.get('build_workers', 1))
 
 
-def _prepared(data_cfg: Any, data_dir: str | None = None):
-    builder = _builder(data_cfg, data_dir)
+def prepared_builder(data_cfg: Any, data_dir: str | None = None):
+    """`tfds_builder` of a built dataset.
+
+    Raises:
+      FileNotFoundError: the dataset is not built (says how to build it).
+    """
+    builder = tfds_builder(data_cfg, data_dir)
     if not builder.is_prepared():
         raise FileNotFoundError(
             f'dataset {builder.name}/{builder.builder_config.name} is not built '
@@ -68,7 +75,7 @@ def prepare(data_cfg: Any, data_dir: str | None = None):
     Raw files are read from `data_cfg.manual_dir` (not needed for
     'synthetic_motion', which is generated from its seed).
     """
-    builder = _builder(data_cfg, data_dir)
+    builder = tfds_builder(data_cfg, data_dir)
     manual_dir = data_cfg.get('manual_dir')
     builder.download_and_prepare(
         download_config=tfds.download.DownloadConfig(manual_dir=manual_dir))
@@ -77,12 +84,12 @@ def prepare(data_cfg: Any, data_dir: str | None = None):
 
 def num_examples(data_cfg: Any, split: str, data_dir: str | None = None) -> int:
     """Number of videos in `split` (TFDS split syntax such as 'train[:10%]' works)."""
-    return len(_prepared(data_cfg, data_dir).as_data_source(split))
+    return len(prepared_builder(data_cfg, data_dir).as_data_source(split))
 
 
 def class_names(data_cfg: Any, data_dir: str | None = None) -> list[str]:
     """Class names indexed by label id."""
-    return list(_prepared(data_cfg, data_dir).info.features['label'].names)
+    return list(prepared_builder(data_cfg, data_dir).info.features['label'].names)
 
 
 def flip_exempt_ids(data_cfg: Any, names: list[str]) -> frozenset[int]:
@@ -288,7 +295,7 @@ def create_iterator(data_cfg: Any, *, split: str, mode: str,
         raise ValueError(f'process_index {process_index} not in '
                          f'[0, {process_count})')
     batch = global_batch_size // process_count
-    builder = _prepared(data_cfg, data_dir)
+    builder = prepared_builder(data_cfg, data_dir)
     source = builder.as_data_source(split)
     n = len(source)
     if n == 0:
