@@ -55,8 +55,8 @@ def _compiled_bytes(fn, args) -> int:
 def cpu_forms(shape, heads, kernel_size, repeats) -> dict:
     """fwd+bwd seconds of the CPU forms against their plain alternatives, same run:
     the H1 grouped convolution as 2-D convolutions ('taps') or in the banded form
-    `select_forms` picks, and one per-position product as XLA's batched dot (`_pmm`)
-    or as `_cpu_matmul` (multiply + sum for the tiny shapes where the dot is slow)."""
+    `select_forms` picks, and one per-position product as XLA's batched dot (`pmm`)
+    or as `cpu_matmul` (multiply + sum for the tiny shapes where the dot is slow)."""
     b, t, h, w, c = shape
     dk = c // heads
     key = jax.random.key(2)
@@ -66,11 +66,11 @@ def cpu_forms(shape, heads, kernel_size, repeats) -> dict:
     r = jax.random.normal(key, (b, t, h, w, dk, dk))
     form = conv_forms.select_forms("auto", (h, w), kernel_size, dk, platform="cpu").shared_form
     cands = {
-        "grouped_taps": (lambda k, h1: conv_forms._grouped_conv_taps(k, h1, dk, None), k, h1),
-        f"grouped_{form}": (lambda k, h1: conv_forms._grouped_conv_taps(k, h1, dk, None, form),
+        "grouped_taps": (lambda k, h1: conv_forms.grouped_conv_taps(k, h1, dk, None), k, h1),
+        f"grouped_{form}": (lambda k, h1: conv_forms.grouped_conv_taps(k, h1, dk, None, form),
                             k, h1),
-        "product_batched_dot": (conv_forms._pmm, q, r),
-        "product_cpu_matmul": (conv_forms._cpu_matmul, q, r),
+        "product_batched_dot": (conv_forms.pmm, q, r),
+        "product_cpu_matmul": (conv_forms.cpu_matmul, q, r),
     }
     out = {}
     for name, (fn, *args) in cands.items():

@@ -98,7 +98,7 @@ def test_cpu_per_position_matmul_exports_with_a_symbolic_batch():
     a = rng.normal(size=(3, 5, 2, 4)).astype(np.float32)
     w = rng.normal(size=(3, 5, 4, 4)).astype(np.float32)
     b = jax_export.symbolic_shape("b")[0]
-    exp = jax_export.export(jax.jit(conv_forms._cpu_matmul), platforms=["cpu"])(
+    exp = jax_export.export(jax.jit(conv_forms.cpu_matmul), platforms=["cpu"])(
         jax.ShapeDtypeStruct((b,) + a.shape[1:], a.dtype),
         jax.ShapeDtypeStruct((b,) + w.shape[1:], w.dtype))
     np.testing.assert_allclose(np.asarray(exp.call(a, w)), a @ w, rtol=1e-5, atol=1e-6)

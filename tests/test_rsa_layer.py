@@ -263,10 +263,10 @@ def test_cpu_small_matmul_avoids_the_slow_batched_dot_and_equals_einsum():
     convolution in the banded 'row' form on 12×12 frames) equals the native path."""
     a = jax.random.normal(jax.random.key(0), (5, 4, 4))
     b = jax.random.normal(jax.random.key(1), (5, 4, 4))
-    prims = {e.primitive.name for e in jax.make_jaxpr(conv_forms._cpu_matmul)(a, b).eqns}
+    prims = {e.primitive.name for e in jax.make_jaxpr(conv_forms.cpu_matmul)(a, b).eqns}
     assert "dot_general" not in prims
-    big = jax.make_jaxpr(conv_forms._cpu_matmul)(jnp.ones((5, 8, 8)), jnp.ones((5, 8, 8)))
-    assert "custom_vjp_call" in {e.primitive.name for e in big.eqns}  # _pmm kept
+    big = jax.make_jaxpr(conv_forms.cpu_matmul)(jnp.ones((5, 8, 8)), jnp.ones((5, 8, 8)))
+    assert "custom_vjp_call" in {e.primitive.name for e in big.eqns}  # pmm kept
     assert conv_forms.select_forms("auto", (12, 12), (3, 7, 7), 4,
                                    platform="cpu").shared_form == "row"
     # float64: the forms sum in different orders, which float32 shows at ~1e-5 in
@@ -290,7 +290,7 @@ def test_cpu_small_matmul_avoids_the_slow_batched_dot_and_equals_einsum():
 
 
 def test_small_head_layer_gradient_at_batch_one_runs():
-    """A batch of one clip with 4-channel heads (the (2, 4, 4) products `_cpu_matmul`
+    """A batch of one clip with 4-channel heads (the (2, 4, 4) products `cpu_matmul`
     would sum by hand) once crashed XLA:CPU; run it in a child so a crash fails here."""
     code = ("import jax, jax.numpy as jnp\n"
             "from rsa_jax.layers import RSA\n"

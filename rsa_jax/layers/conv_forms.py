@@ -11,7 +11,7 @@ magnitude slower than others:
 * the shared single-channel filter banks H2/G applied to every value channel:
   a lax 3-D convolution ('native'), a 2-D convolution over the temporal taps
   ('taps'), or one matmul with a banded weight matrix ('frame' / 'row');
-* the per-position matrix products: `jnp.einsum` on accelerators, or `_pmm`, whose
+* the per-position matrix products: `jnp.einsum` on accelerators, or `pmm`, whose
   custom VJP keeps XLA:CPU's batched dots on their fast layout.
 
 `select_forms` is the one entry point: it picks every form from the backend, the
@@ -117,11 +117,11 @@ def select_forms(conv_strategy: str, frame_hw: Sequence[int], kernel_size: Seque
     form = ("taps" if conv_strategy == "taps2d"
             else _shared_conv_form(int(frame_hw[0]), int(frame_hw[1]), kernel_size))
     grouped = (_grouped_conv_im2col if groups > _MAX_LOOPED_GROUPS
-               else functools.partial(_grouped_conv_taps, form=form))
+               else functools.partial(grouped_conv_taps, form=form))
     return ConvForms(
         grouped_conv=functools.partial(grouped, groups=groups, precision=precision),
         shared_conv=functools.partial(_shared_conv, precision=precision, form=form),
-        matmul=_cpu_matmul, transpose=_t, shared_form=form)
+        matmul=cpu_matmul, transpose=_t, shared_form=form)
 
 
 def _shared_conv_form(h: int, w: int, kernel_size: Sequence[int]) -> str:
@@ -247,7 +247,7 @@ def _grouped_conv_native(k, h1, groups, precision):
     return r.reshape(r.shape[:-1] + (groups, h1.shape[-1] // groups))
 
 
-def _grouped_conv_taps(k, h1, groups, precision, form="taps"):
+def grouped_conv_taps(k, h1, groups, precision, form="taps"):
     """Grouped conv H1 (groups = dk, dd filters each) as one 2-D conv per group.
 
     k (B,T,H,W,dk), h1 (kT,kH,kW,1,dk·dd) -> (B,T,H,W,dk,dd).  A Python loop of
@@ -292,14 +292,14 @@ def _t(x: jax.Array) -> jax.Array:
     return lax.optimization_barrier(jnp.swapaxes(x, -1, -2))
 
 
-def _cpu_matmul(a: jax.Array, b: jax.Array) -> jax.Array:
+def cpu_matmul(a: jax.Array, b: jax.Array) -> jax.Array:
     """Per-position matrix product (..., n, j) @ (..., j, d) on XLA:CPU.
 
     XLA:CPU's batched dot is slow for a few tiny shapes: all of n, j, d at most 4
     with n·j·d >= 32 ((4, 4, 4) 44 ms against 1.4 ms for (3, 3, 3) and 6 ms for
     (8, 4, 4), fwd+bwd at 18,432 positions on 2 cores); those run as a broadcast
     multiply and a sum over j (7 ms).  The rule is symmetric in (n, j, d), so the
-    backward products of `_pmm` (permutations of the same sizes) avoid them too.
+    backward products of `pmm` (permutations of the same sizes) avoid them too.
     """
     n, j, d = a.shape[-2], a.shape[-1], b.shape[-1]
     # Not with a leading (batch) axis of 1: the gradient of this form then crashes
@@ -308,11 +308,11 @@ def _cpu_matmul(a: jax.Array, b: jax.Array) -> jax.Array:
     if (max(n, j, d) <= 4 and n * j * d >= 32 and isinstance(a.shape[0], int)
             and a.shape[0] > 1):
         return jnp.sum(a[..., :, :, None] * b[..., None, :, :], axis=-2)
-    return _pmm(a, b)
+    return pmm(a, b)
 
 
 @jax.custom_vjp
-def _pmm(a: jax.Array, b: jax.Array) -> jax.Array:
+def pmm(a: jax.Array, b: jax.Array) -> jax.Array:
     """Per-position matrix product (..., n, j) @ (..., j, d) -> (..., n, d).
 
     Batched small matmuls are fast on XLA:CPU only when the lhs contracts its
@@ -323,12 +323,12 @@ def _pmm(a: jax.Array, b: jax.Array) -> jax.Array:
 
 
 def _pmm_fwd(a, b):
-    return _pmm(a, b), (a, b)
+    return pmm(a, b), (a, b)
 
 
 def _pmm_bwd(res, g):
     a, b = res
-    return jnp.einsum("...nd,...jd->...nj", g, b), _pmm(_t(a), g)
+    return jnp.einsum("...nd,...jd->...nj", g, b), pmm(_t(a), g)
 
 
-_pmm.defvjp(_pmm_fwd, _pmm_bwd)
+pmm.defvjp(_pmm_fwd, _pmm_bwd)
