@@ -15,11 +15,16 @@ one `FATAL:` line naming the file or flag, never a traceback.
 
 from __future__ import annotations
 
+import os
 import sys
 
 import ml_collections
 from absl import app, flags, logging
 from ml_collections import config_flags
+
+# Before TensorFlow is imported: no C++ INFO notices, no oneDNN notice (rsa_jax/main.py).
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
+os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Training config whose `data` block is used.")
@@ -60,11 +65,16 @@ def _data_config() -> ml_collections.ConfigDict:
     return data
 
 
+def _manual_dir_flag() -> str | None:
+    """The flag that set the raw folder, when it is this command's own --manual_dir."""
+    return "--manual_dir" if FLAGS.manual_dir is not None else None
+
+
 def prepare(data: ml_collections.ConfigDict) -> str:
     """Builds (or finds built) the dataset; returns the closing summary line."""
     from rsa_jax.data import checks, pipeline, problems
     prefix = "--config.data." if FLAGS.config is not None else "--"
-    checks.check_dataset(data, prefix)
+    checks.check_dataset(data, prefix, manual_dir_flag=_manual_dir_flag())
     builder = pipeline.prepare(data)
     data_dir = str(builder.data_dir)
     content = problems.read(data_dir)
@@ -79,7 +89,7 @@ def inspect(data: ml_collections.ConfigDict) -> str:
     from rsa_jax.data import checks, inspection
     if FLAGS.config is None:
         raise app.UsageError("inspect needs --config (frames, crop size and augmentation)")
-    checks.check_data(data)
+    checks.check_data(data, manual_dir_flag=_manual_dir_flag())
     checks.check_split(data, FLAGS.split)
     print(inspection.format_stats(inspection.split_stats(data, FLAGS.split, FLAGS.stats_limit)))
     return inspection.write_grid(data, FLAGS.split, FLAGS.out, FLAGS.num_clips,

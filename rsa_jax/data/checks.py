@@ -17,12 +17,15 @@ from typing import Any
 from rsa_jax.cli import ConfigError, suggest
 
 
-def check_dataset(data: Any, flag: str = "--config.data.") -> Any:
+def check_dataset(data: Any, flag: str = "--config.data.",
+                  manual_dir_flag: str | None = None) -> Any:
     """Dataset name, builder config and raw data of ``data`` (a config's data block).
 
     Args:
       data: needs ``name``; ``builder_config``, ``manual_dir``, ``data_dir`` optional.
       flag: prefix of the flags named in messages (the data command uses '--').
+      manual_dir_flag: the flag that set ``manual_dir`` when it is not ``flag`` +
+        'manual_dir' (the data command's ``--manual_dir`` beside ``--config``).
     Returns:
       the TFDS builder config (its ``height``/``width`` are the stored frames).
     Raises:
@@ -41,14 +44,15 @@ def check_dataset(data: Any, flag: str = "--config.data.") -> Any:
             and not is_prepared(data):
         problem = ("is not set" if not manual_dir else f"{manual_dir!r} is not a directory")
         raise ConfigError(
-            f"{data.name} is not built yet and {flag}manual_dir {problem}; put the raw "
+            f"{data.name} is not built yet and {manual_dir_flag or flag + 'manual_dir'} "
+            f"{problem}; put the raw "
             "data there as follows:\n" + textwrap.indent(textwrap.dedent(instructions), "  "))
     return cfg
 
 
-def check_data(data: Any) -> None:
+def check_data(data: Any, manual_dir_flag: str | None = None) -> None:
     """check_dataset, then crop size, frame count and test views against the stored frames."""
-    cfg = check_dataset(data)
+    cfg = check_dataset(data, manual_dir_flag=manual_dir_flag)
     height, width = getattr(cfg, "height", 240), getattr(cfg, "width", 320)  # as pipeline.py
     side = min(height, width)
     if not 1 <= data.image_size <= side:

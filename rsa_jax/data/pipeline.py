@@ -26,6 +26,9 @@ No JAX here: the train loop turns host batches into global arrays.
 from __future__ import annotations
 
 import dataclasses
+import logging as std_logging
+import os
+import sys
 from typing import Any
 
 import grain
@@ -41,6 +44,22 @@ from rsa_jax.data import (
 )
 
 MODES = ('train', 'eval', 'test')
+
+
+class _NotBuiltIsNoWarning(std_logging.Filter):
+    """``tfds.builder`` warns "Variant folder X has no dataset_info.json" also when X
+    does not exist, i.e. for every dataset not built yet: noise before a build or a
+    FATAL line. Kept when X exists (a damaged build)."""
+
+    def filter(self, record: std_logging.LogRecord) -> bool:
+        text = record.getMessage()
+        head, tail = 'Variant folder ', ' has no dataset_info.json'
+        if text.startswith(head) and text.endswith(tail):
+            return os.path.isdir(text[len(head):-len(tail)])
+        return True
+
+
+std_logging.getLogger('absl').addFilter(_NotBuiltIsNoWarning())
 
 
 def tfds_builder(data_cfg: Any, data_dir: str | None = None):
@@ -77,6 +96,11 @@ def prepare(data_cfg: Any, data_dir: str | None = None):
     """
     builder = tfds_builder(data_cfg, data_dir)
     manual_dir = data_cfg.get('manual_dir')
+    if not sys.stderr.isatty():
+        # TFDS draws its bars ("Generating splits", "Shuffling ...") whatever stderr
+        # is; in a log file they are screens of carriage returns. Ours (one per split,
+        # builders/base.py) already hide there.
+        tfds.disable_progress_bar()
     builder.download_and_prepare(
         download_config=tfds.download.DownloadConfig(manual_dir=manual_dir))
     return builder
