@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 from collections.abc import Sequence
@@ -29,34 +30,65 @@ def _rsa_layers(kernels: dict, model) -> list[str]:
             if "kernel_basic" in kernels.get(s["name"], {}).get("conv2", {})]
 
 
+def rsa_blocks(model) -> list[str]:
+    """The model's RSA blocks in network order (from its layout: nothing runs)."""
+    return [s["name"] for s in model.block_specs() if s["rsa"]]
+
+
+def check_request(model, layer: str | None, heads: Sequence[int] | None = None) -> None:
+    """Checks ``--explain_layer`` / ``--explain_heads`` against the model, before any
+    prediction runs.
+
+    Raises:
+      ValueError: no RSA layer, an unknown block, or a head the layers lack.
+    """
+    names = rsa_blocks(model)
+    if not names:
+        raise ValueError("the model has no RSA layer (backbone tsn2d/tsn3d?)")
+    if layer is not None and layer not in names:
+        raise ValueError(f"--explain_layer {layer!r}: RSA blocks are {names}")
+    num_heads = int(dict(model.rsa).get("num_heads", 8))
+    if heads is not None and not all(0 <= h < num_heads for h in heads):
+        raise ValueError(f"--explain_heads {list(heads)}: heads must be in "
+                         f"0..{num_heads - 1} (the layers have {num_heads})")
+
+
+@functools.lru_cache(maxsize=8)
+def _kernel_forward(model):
+    """One jitted forward with sown kernels per model: every input reuses its compile."""
+    import jax
+
+    def fwd(variables, x):
+        (logits, feats), state = model.apply(
+            variables, x, train=False, return_features=True,
+            mutable=["intermediates", "rsa_kernels"])
+        return logits, feats["frame_logits"], state["intermediates"], state["rsa_kernels"]
+
+    return jax.jit(fwd)
+
+
 def layer_kernels(loaded: inference.LoadedModel, video: np.ndarray, layer: str | None = None,
                   at: Sequence[int] | None = None) -> dict[str, Any]:
     """Kernels of one RSA layer at one query position for a clip.
 
     Args:
       video: normalised float32 (T, S, S, 3).
-      layer: block name such as 'layer4_1' (default: the last RSA block).
+      layer: block name such as 'layer4_1' (default: the first RSA block, the finest
+        grid: its query cell and window are the most legible on the frames).
       at: (t, y, x) in the layer's grid (default: where its output norm peaks).
 
     Returns:
       {'layer', 'at', 'grid' (T', H', W'), 'basic' / 'relational' / 'total'
       (nh, kT, kH, kW), 'frame_logits' (T, C), 'logits' (C,)}.
     """
-    import jax
-
     from rsa_jax.layers.kernels import window_kernels
 
-    def fwd(variables, x):
-        (logits, feats), state = loaded.model.apply(
-            variables, x, train=False, return_features=True,
-            mutable=["intermediates", "rsa_kernels"])
-        return logits, feats["frame_logits"], state["intermediates"], state["rsa_kernels"]
-
-    logits, frame_logits, inter, kernels = jax.jit(fwd)(loaded.variables, video[None])
+    logits, frame_logits, inter, kernels = _kernel_forward(loaded.model)(
+        loaded.variables, video[None])
     names = _rsa_layers(kernels, loaded.model)
     if not names:
         raise ValueError("the model has no RSA layer (backbone tsn2d/tsn3d?)")
-    layer = layer or names[-1]
+    layer = layer or names[0]
     if layer not in names:
         raise ValueError(f"--explain_layer {layer!r}: RSA blocks are {names}")
     sown = kernels[layer]["conv2"]

@@ -157,12 +157,20 @@ def load(path: str, labels: str | None = None, num_frames: int | None = None,
         with open(os.path.join(path, "model_config.json")) as f:
             model_cfg = json.load(f)
         conv = os.path.join(path, "conversion.json")
+        info = {}
         if os.path.isfile(conv):
             with open(conv) as f:
-                segments = json.load(f).get("num_segments")
+                info = json.load(f)
+            segments = info.get("num_segments")
             if segments:
                 data["num_frames"] = int(segments)
         restored = ocp.StandardCheckpointer().restore(path)
+        if info.get("kind") == "torchvision" or "new_fc" not in restored.get("params", {}):
+            raise ValueError(
+                f"{path}: a partial backbone (ImageNet weights from `rsa_jax.convert "
+                "torchvision`: no classifier, RSA blocks left to their fresh init), not a "
+                "model that classifies; train from it with --config.init_from="
+                f"{path}, then use the run's workdir here")
         variables = {"params": restored["params"],
                      "batch_stats": restored.get("batch_stats", {})}
         source = path
@@ -191,10 +199,12 @@ JPEG_SUFFIXES = (".jpg", ".jpeg")
 
 @dataclasses.dataclass
 class VideoInput:
-    """One decoded input: a record as the TFDS builders store it, and its rate."""
+    """One decoded input: a record as the TFDS builders store it, its rate and, for
+    a video file, each frame's presentation time in seconds from the first frame."""
     name: str
     record: dict
     fps: float | None
+    times: np.ndarray | None = None
 
 
 def _natural_key(name: str) -> list:
@@ -231,7 +241,26 @@ def read_input(path: str, data: dict, keep_video: bool = True) -> VideoInput:
     fps = _video_fps(path)
     if not keep_video and cfg.storage == "video":
         cfg = dataclasses.replace(cfg, storage="jpeg")
-    return VideoInput(path, base.video_example(path, path, 0, "", cfg), fps)
+    record = base.video_example(path, path, 0, "", cfg)
+    return VideoInput(path, record, fps, _frame_times(path, int(record["num_frames"])))
+
+
+def _frame_times(path: str, num_frames: int) -> np.ndarray | None:
+    """Presentation times (s, first frame at 0) of the video's frames from its packets'
+    timestamps (sorted: B-frames come out of order); None when they do not account
+    for every decoded frame (then windows fall back to index / average rate)."""
+    import av
+    try:
+        with av.open(path) as c:
+            stream = c.streams.video[0]
+            pts = sorted(p.pts for p in c.demux(stream) if p.pts is not None and p.size)
+            base = stream.time_base
+    except (av.FFmpegError, OSError, IndexError):
+        return None
+    if len(pts) != num_frames or base is None or len(set(pts)) != len(pts):
+        return None
+    t = np.asarray(pts, np.float64) * float(base)
+    return t - t[0]
 
 
 def _video_fps(path: str) -> float | None:
@@ -250,25 +279,41 @@ def _video_fps(path: str) -> float | None:
 
 def windows(video: VideoInput, window_s: float, stride_s: float,
             default_fps: float) -> list[tuple[float, float, dict]]:
-    """Splits a frame-list record into (start_s, end_s, record) windows.
+    """Splits a frame-list record into (start_s, end_s, record) windows of time.
 
-    The last window ends at the last frame; a video shorter than one window is
-    one window.
+    Frame times are the video's timestamps (variable frame rates included), else
+    index / rate (``default_fps`` for JPEG folders). A window holds the frames
+    whose time falls in [start, end); the last window ends where the video does
+    (last frame time + its duration); a video shorter than one window is one window.
+
+    Raises:
+      ValueError: a window or stride that is not > 0, or a record without frames.
     """
+    if not window_s > 0 or not stride_s > 0:
+        raise ValueError(f"--window_s ({window_s}) and --stride_s ({stride_s}) must be > 0")
     rec = video.record
     if "frames" not in rec:
         raise ValueError("windows need a frame-list record (read_input keep_video=False)")
-    fps = video.fps or default_fps
     n = rec["num_frames"]
-    size = max(1, round(window_s * fps))
-    step = max(1, round(stride_s * fps))
-    starts = list(range(0, max(n - size, 0) + 1, step))
-    if starts[-1] + size < n:
-        starts.append(n - size)
+    fps = video.fps or default_fps
+    times = video.times if video.times is not None and len(video.times) == n \
+        else np.arange(n) / fps
+    last = float(times[-1] - times[-2]) if n > 1 else 1.0 / fps
+    end = float(times[-1]) + last
+    eps = 1e-6 * max(end, 1.0)
+    starts = [0.0]
+    while starts[-1] + stride_s + window_s <= end + eps:
+        starts.append(starts[-1] + stride_s)
+    if starts[-1] + window_s < end - eps:
+        starts.append(end - window_s)
     out = []
     for a in starts:
-        b = min(a + size, n)
-        out.append((a / fps, b / fps, dict(rec, frames=rec["frames"][a:b], num_frames=b - a)))
+        b = min(a + window_s, end)
+        idx = np.flatnonzero((times >= a - eps) & (times < b - eps))
+        if len(idx) == 0:   # a window between two frames: the frame shown then
+            idx = np.array([max(0, int(np.searchsorted(times, a, side="right")) - 1)])
+        lo, hi = int(idx[0]), int(idx[-1]) + 1
+        out.append((a, b, dict(rec, frames=rec["frames"][lo:hi], num_frames=hi - lo)))
     return out
 
 

@@ -63,7 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--explain", default=None, metavar="OUT_DIR",
                    help="write kernel and per-frame evidence PNGs per input")
     p.add_argument("--explain_layer", default=None,
-                   help="RSA block to draw, e.g. layer4_1 (default: the last)")
+                   help="RSA block to draw, e.g. layer4_1 (default: the first, whose "
+                        "grid is finest: layer1_1 in the demo net)")
     p.add_argument("--explain_at", default=None, metavar="t,y,x",
                    help="query position in the layer's grid (default: strongest output)")
     p.add_argument("--explain_heads", default=None, metavar="h,h,...",
@@ -160,6 +161,13 @@ def run(args: argparse.Namespace) -> int:
     loaded = inference.load_for_cli(args)
     if loaded is None:
         return 2
+    if args.explain:   # before any prediction: a typo must not cost the whole run
+        from rsa_jax import explain
+        try:
+            explain.check_request(loaded.model, args.explain_layer, _heads(args))
+        except ValueError as e:
+            print(f"error: --explain: {e}", file=sys.stderr)
+            return 2
     paths = _expand_inputs(args.inputs)
     forward = inference.make_forward(loaded)
     batcher = _Batcher(forward, loaded.variables, args.batch_size)
@@ -200,7 +208,7 @@ def run(args: argparse.Namespace) -> int:
     if args.explain:
         from rsa_jax import explain
         at = tuple(int(v) for v in args.explain_at.split(",")) if args.explain_at else None
-        heads = [int(h) for h in args.explain_heads.split(",")] if args.explain_heads else None
+        heads = _heads(args)
         for video in explained:
             try:
                 paths = explain.explain(loaded, video, args.explain, layer=args.explain_layer,
@@ -213,8 +221,19 @@ def run(args: argparse.Namespace) -> int:
     return 1 if errors else 0
 
 
+def _heads(args: argparse.Namespace) -> list[int] | None:
+    return [int(h) for h in args.explain_heads.split(",")] if args.explain_heads else None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.window_s is not None and not args.window_s > 0:
+        print(f"error: --window_s must be > 0 seconds, got {args.window_s:g}", file=sys.stderr)
+        return 2
+    if args.stride_s is not None and not (args.stride_s > 0 and args.window_s):
+        print(f"error: --stride_s must be > 0 seconds and needs --window_s, got "
+              f"{args.stride_s:g}", file=sys.stderr)
+        return 2
     if args.explain_heads and not re.fullmatch(r"\d+(,\d+)*", args.explain_heads):
         print(f"error: --explain_heads takes head numbers like 0,1,2, got {args.explain_heads!r}",
               file=sys.stderr)

@@ -105,6 +105,25 @@ def _open(path_or_bytes: str | bytes, name: str):
     return container
 
 
+def _quarter_turns(frame) -> int:
+    """Counter-clockwise quarter turns that show ``frame`` upright: the container's
+    display matrix (phone videos are stored landscape with a 90° rotation)."""
+    return int(round((getattr(frame, 'rotation', 0) or 0) / 90)) % 4
+
+
+def upright_rgb(frame, width: int | None = None, height: int | None = None) -> np.ndarray:
+    """``frame`` as uint8 RGB as it is displayed (display rotation applied), resized by
+    swscale to ``height``×``width`` (after the rotation) when both are given."""
+    k = _quarter_turns(frame)
+    if width is None or height is None:
+        rgb = frame.to_ndarray(format='rgb24')
+    elif k % 2:   # decode at the transposed size: the rotation swaps it back
+        rgb = frame.to_ndarray(format='rgb24', width=height, height=width)
+    else:
+        rgb = frame.to_ndarray(format='rgb24', width=width, height=height)
+    return np.ascontiguousarray(np.rot90(rgb, k)) if k else rgb
+
+
 def _expected_frames(container) -> int | None:
     """Frame count announced by the container header, if it has one."""
     stream = container.streams.video[0]
@@ -131,7 +150,7 @@ def video_to_frames(path: str, height: int, width: int,
         expected = _expected_frames(container)
         try:
             for frame in container.decode(video=0):
-                rgb = frame.to_ndarray(format='rgb24')
+                rgb = upright_rgb(frame)
                 frames.append(encode_jpeg(resize(rgb, height, width), quality))
         except av.FFmpegError as e:
             raise BadInputError(
@@ -209,8 +228,7 @@ def decode_video_frame_list(data: bytes, indices: Sequence[int], height: int,
         frame_i = -1
         for frame_i, frame in enumerate(container.decode(stream)):
             if frame_i in wanted:
-                got[frame_i] = frame.to_ndarray(format='rgb24', width=width,
-                                                height=height)
+                got[frame_i] = upright_rgb(frame, width, height)
             if frame_i >= last:
                 break
     if not got:
