@@ -271,6 +271,7 @@ def test_gpu_cluster_counts_from_environment(monkeypatch):
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1,2,3")
     monkeypatch.setenv("SLURM_TASKS_PER_NODE", "1")
     monkeypatch.setattr(parallel.jax, "local_device_count", lambda: 1)
-    monkeypatch.setattr(parallel.jax, "default_backend", lambda: "gpu")
+    gpu = type("FakeGpu", (), {"platform": "gpu"})()
+    monkeypatch.setattr(parallel.jax, "local_devices", lambda: [gpu])
     with pytest.raises(RuntimeError, match="4 GPUs are visible: 3 would sit idle"):
         parallel.check_gpu_visibility()
