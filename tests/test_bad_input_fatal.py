@@ -7,10 +7,10 @@ import sys
 
 import data_helpers as dh
 import pytest
-from test_documented_commands import parse_main
 
 from rsa_jax import validate
 from rsa_jax.data import pipeline
+from tests.doc_commands import parse_main
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -2,8 +2,9 @@
 
 The one-line error messages of damaged files are pinned in test_convert_messages.py.
 
-The state dicts here come from a width-8 RSA-R50 (the official key layout at a
-fraction of the size), saved with torch exactly as the official `main.py` does.
+The state dicts here (tests/convert_helpers.py) come from a width-16 RSA-R50 (the
+official key layout at a fraction of the size), saved with torch exactly as the
+official `main.py` does.
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
 from rsa_jax.convert import (  # noqa: E402
@@ -28,36 +28,7 @@ from rsa_jax.convert import (  # noqa: E402
 )
 from rsa_jax.convert.keys import flatten  # noqa: E402
 from rsa_jax.models import build_model  # noqa: E402
-
-TINY = dict(depth=50, width=16, num_classes=7, backbone="rsa",
-            rsa_positions=[[1], [1, 3], [2], [1]],
-            rsa=dict(num_heads=4, kernel_size=[3, 5, 5], kernel_type="VplusR",
-                     context_type="VplusR"))
-
-
-def random_variables(cfg, seed=0):
-    model = build_model(cfg)  # structure only (no compile): eval_shape
-    v = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(seed),
-                                          jnp.zeros((1, 1, 32, 32, 3)), train=False))
-    leaves, tree = jax.tree_util.tree_flatten(v)
-    rng = np.random.default_rng(seed)
-    leaves = [rng.uniform(0.5, 1.5, a.shape).astype(np.float32) for a in leaves]
-    return model, jax.tree_util.tree_unflatten(tree, leaves)
-
-
-def official_dict(model, variables) -> OrderedDict:
-    sd = OrderedDict()
-    for k, v in variables_to_state_dict(variables, model).items():
-        sd["module." + k] = torch.from_numpy(v)
-        if k.endswith("running_var"):
-            sd["module." + k[:-len("running_var")] + "num_batches_tracked"] = torch.tensor(0)
-    return sd
-
-
-def save(path, sd, wrap=True):
-    torch.save({"epoch": 3, "arch": "ResNet", "state_dict": sd, "best_prec1": 1.5}
-               if wrap else sd, path)
-    return path
+from tests.convert_helpers import TINY, official_dict, random_variables, save  # noqa: E402
 
 
 @pytest.fixture(scope="module")

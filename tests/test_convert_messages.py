@@ -19,8 +19,6 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from test_convert_errors import TINY, official_dict, random_variables, save  # noqa: E402
-
 from rsa_jax.convert import (  # noqa: E402
     CheckpointError,
     load_official_checkpoint,
@@ -28,6 +26,7 @@ from rsa_jax.convert import (  # noqa: E402
     variables_to_state_dict,
 )
 from rsa_jax.convert.__main__ import read_model_config  # noqa: E402
+from tests.convert_helpers import TINY, official_dict, random_variables, save  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 M = "module.base_model."

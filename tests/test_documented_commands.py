@@ -12,8 +12,6 @@ bare `None`) fails here, naming the file and line.
 
 from __future__ import annotations
 
-import copy
-import dataclasses
 import glob
 import importlib.util
 import os
@@ -23,13 +21,12 @@ import subprocess
 
 import pytest
 from absl import flags
-from ml_collections import config_flags
+
+from tests.doc_commands import Command, commands_in_text, parse_main
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-_MODULE_RE = re.compile(r'python3?\s+-m\s+(rsa_jax[\w.]*)')
 _OVERRIDE_RE = re.compile(
     r'--config\.([A-Za-z_][\w.]*)=("[^"]*"|\'[^\']*\'|[^\s`|\'"\\]+)')
-_STOP = {'&&', '||', ';', '|', '>', '>>', '&', '<', ')'}
 # Configs a prose override must parse against (at least one of them).
 _PROSE_CONFIGS = ('configs/ssv2.py', 'configs/synthetic.py')
 # Each launch script run as its --help example, with a path and an override passed on.
@@ -52,48 +49,6 @@ _LAUNCH_RUNS = (
 )
 
 
-@dataclasses.dataclass
-class Command:
-    where: str            # file:line, or the launch script and its arguments
-    module: str
-    args: list[str]
-
-
-def _tokens(rest: str) -> list[str]:
-    """Shell words of one command's tail, up to the first shell operator."""
-    rest = rest.split('`', 1)[0]
-    while True:
-        lex = shlex.shlex(rest, posix=True, punctuation_chars=True)
-        lex.whitespace_split, lex.commenters = True, ''
-        try:
-            words = list(lex)
-            break
-        except ValueError:  # an unclosed quote: the command ends where the quote opens
-            rest = rest[:max(rest.rfind("'"), rest.rfind('"'))]
-    out = []
-    for w in words:
-        if w in _STOP or w.startswith(('#', '2>')):
-            break
-        w = w.strip('[]')  # optional parts ([--num_segments 16]) are parsed too
-        if w:
-            out.append(w)
-    return out
-
-
-def _commands_in_text(text: str, where: str) -> list[Command]:
-    found, pending, start = [], '', 0
-    for line_no, line in enumerate(text.split('\n'), 1):
-        if not pending:
-            start = line_no
-        if line.endswith('\\'):  # a shell continuation: one command line
-            pending += line[:-1] + ' '
-            continue
-        line, pending = pending + line, ''
-        for m in _MODULE_RE.finditer(line):
-            found.append(Command(f'{where}:{start}', m.group(1), _tokens(line[m.end():])))
-    return found
-
-
 def _doc_files() -> list[str]:
     files = [os.path.join(ROOT, 'README.md')]
     files += sorted(glob.glob(os.path.join(ROOT, 'docs', '*.md')))
@@ -114,8 +69,8 @@ def _launch_commands() -> list[Command]:
             if not line.startswith('+ '):
                 continue
             for word in shlex.split(line[2:]):  # e.g. gcloud's '--command=... python3 -m ...'
-                found += _commands_in_text(word, where)
-            found += _commands_in_text(line[2:], where)
+                found += commands_in_text(word, where)
+            found += commands_in_text(line[2:], where)
     return found
 
 
@@ -123,35 +78,8 @@ def _all_commands() -> list[Command]:
     cmds = []
     for path in _doc_files():
         with open(path, encoding='utf-8') as f:
-            cmds += _commands_in_text(f.read(), os.path.relpath(path, ROOT))
+            cmds += commands_in_text(f.read(), os.path.relpath(path, ROOT))
     return cmds + _launch_commands()
-
-
-def _main_flag_values(argv: list[str]) -> flags.FlagValues:
-    """Fresh flags as `rsa_jax.main` defines them (copies of its own flag objects).
-
-    config_flags reads the `--config.*` overrides from `sys.argv` in main; here
-    they come from `argv`, the command's own words.
-    """
-    from rsa_jax import main
-    fv = flags.FlagValues()
-    for flag in flags.FLAGS.get_key_flags_for_module(main):
-        if flag.name != 'config':
-            fv[flag.name] = copy.deepcopy(flag)
-    config_flags.DEFINE_config_file('config', None, 'config', flag_values=fv,
-                                    lock_config=True, sys_argv=argv)
-    return fv
-
-
-def parse_main(args: list[str]) -> flags.FlagValues:
-    """Parses `rsa_jax.main` arguments the way main does; raises flags.Error if it cannot."""
-    argv = ['rsa_jax.main', *args]
-    fv = _main_flag_values(argv)
-    fv(argv)
-    for name in ('config', 'workdir'):  # main marks both required
-        if fv[name].value is None:
-            raise flags.IllegalFlagValueError(f'--{name} is required')
-    return fv
 
 
 def _is_elided(cmd: Command) -> bool:
@@ -251,7 +179,7 @@ def test_unparseable_command_is_reported():
                                              '--config.num_epochs=many']),
                Command('x', 'rsa_jax.nonexistent', [])]
         assert all(_check(c) for c in bad)
-        good = _commands_in_text(
+        good = commands_in_text(
             'run `python3 -m rsa_jax.main --config configs/ssv2.py:8 --workdir /w \\\n'
             '   --config.torchvision_init="/a b/r50.pth" > log 2>&1` then', 'x')
         assert [c.args for c in good] == [['--config', 'configs/ssv2.py:8', '--workdir', '/w',

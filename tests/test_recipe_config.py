@@ -225,12 +225,11 @@ def test_config_docstring_commands_pass_the_start_checks(name, tmp_path, monkeyp
     FATAL for want of ImageNet weights or raw data."""
     import importlib
 
-    from test_documented_commands import _commands_in_text, parse_main
-
     from rsa_jax import validate
+    from tests.doc_commands import commands_in_text, parse_main
     monkeypatch.chdir(ROOT)
     module = importlib.import_module(f"configs.{name}")
-    commands = [c for c in _commands_in_text(module.__doc__, name)
+    commands = [c for c in commands_in_text(module.__doc__, name)
                 if c.module == "rsa_jax.main"]
     assert commands
     weights = tmp_path / "resnet50-19c8e357.pth"
