@@ -101,7 +101,7 @@ def test_something_something_v2_video_storage(tmp_path):
     with open(os.path.join(root, '20bn-something-something-v2', '1.webm'),
               'rb') as f:
         assert record['video'] == f.read()
-    frames = decode.decode_video_frames(record['video'], [1, 10], 240, 320)
+    frames = np.stack(decode.decode_video_frame_list(record['video'], [1, 10], 240, 320))
     assert frames.shape == (2, 240, 320, 3)
     assert abs(frames[1, ..., 0].mean() - dh.red_of(10)) < 6
     b = next(data.create_iterator(cfg, split='train', mode='train',

@@ -9,7 +9,6 @@ naming the file and the reason, so builders can skip or fail cleanly.
 from __future__ import annotations
 
 import io
-import os
 from collections.abc import Sequence
 
 import av
@@ -198,18 +197,6 @@ def decode_frame_list(jpegs: Sequence[bytes], indices: Sequence[int],
     return [cache[i] for i in indices]
 
 
-def decode_frames(jpegs: Sequence[bytes], indices: Sequence[int],
-                  name: str = '<record>') -> np.ndarray:
-    """Decodes only `jpegs[i]` for i in indices → uint8 `(len(indices), H, W, 3)`."""
-    return np.stack(decode_frame_list(jpegs, indices, name))
-
-
-def decode_video_frames(data: bytes, indices: Sequence[int], height: int,
-                        width: int, name: str = '<video>') -> np.ndarray:
-    """`decode_video_frame_list` stacked: uint8 `(len(indices), H, W, 3)`."""
-    return np.stack(decode_video_frame_list(data, indices, height, width, name))
-
-
 def decode_video_frame_list(data: bytes, indices: Sequence[int], height: int,
                             width: int, name: str = '<video>') -> list[np.ndarray]:
     """Decodes a compressed video up to the last wanted frame.
@@ -235,11 +222,3 @@ def decode_video_frame_list(data: bytes, indices: Sequence[int], height: int,
         raise BadInputError(name, 'no frames decoded')
     fallback = got[max(got)]
     return [got.get(int(i), fallback) for i in indices]
-
-
-def file_size(path: str) -> int:
-    """Size in bytes, or BadInputError naming the missing file."""
-    try:
-        return os.path.getsize(path)
-    except OSError as e:
-        raise BadInputError(path, 'file not found') from e
