@@ -109,6 +109,19 @@ def test_no_checkpoint_starts_fresh(tmp_path):
     assert step is None and state is None and out is it
 
 
+def test_best_or_latest_step(written, tmp_path):
+    """The step loaded from a run: the best by top-1 where metrics were saved, else the
+    latest; None without checkpoints (eval, init_from and predict all ask this)."""
+    assert Checkpointer(written, read_only=True).best_or_latest_step() == 3   # no metrics
+    d = str(tmp_path / "checkpoints")
+    ckpt = Checkpointer(d, keep=5)
+    assert ckpt.best_or_latest_step() is None
+    for step, top1 in ((1, 20.0), (2, 70.0), (3, 40.0)):
+        ckpt.save(step, _state(step), metrics={"top1": top1})
+    ckpt.close()
+    assert Checkpointer(d, read_only=True).best_or_latest_step() == 2
+
+
 def _workdir_with(tmp_path, config, checkpoint=True):
     w = tmp_path / "w"
     (w / "checkpoints" / ("5" if checkpoint else "tmp")).mkdir(parents=True)
