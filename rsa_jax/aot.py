@@ -185,8 +185,8 @@ def run(config: Any, topology: str, per_chip_batch: int | None = None,
             per_chip_batch = gb // n_chips
         return summary(compile_at(per_chip_batch), chip, per_chip, dtype, topology, config)
     except compiled.DoesNotFit as e:
-        raise AotError(f"{e} on {topology}; python -m rsa_jax.aot ... --fit finds the "
-                       f"largest per-chip batch that does") from None
+        raise AotError(f"{topology}: {e}; --fit finds the largest per-chip batch that "
+                       f"fits") from None
     except ValueError as e:
         raise AotError(str(e)) from None
 

@@ -81,6 +81,7 @@ def main(argv):
         return
     from rsa_jax.train import train
     from rsa_jax.train.checkpoint import CheckpointError
+    from rsa_jax.train.compiled import DoesNotFit
     from rsa_jax.train.preemption import Preempted
     if not parallel.is_main_process():
         logging.set_verbosity(logging.WARNING)
@@ -91,8 +92,8 @@ def main(argv):
                 validate.write_done(workdir, config, metrics)
         else:
             train.evaluate_checkpoint(config, workdir, mode=FLAGS.mode)
-    except (ConfigError, BadInputError, EmptySplitError,
-            CheckpointError) as e:  # one line, no traceback
+    except (ConfigError, BadInputError, EmptySplitError, CheckpointError,
+            DoesNotFit) as e:  # one line, no traceback
         _fatal(e)
     except Preempted as e:  # checkpoint written; the scheduler may restart the same command
         print(e, flush=True)   # every host: each host's log says why it stopped

@@ -7,6 +7,10 @@ any test module imports jax. Single-device tests are unaffected (they use
 
 import os
 
+# The suite runs on the CPU. With libtpu installed (requirements-dev.txt, for the TPU
+# compile tests of tests/test_aot.py) a jax process would otherwise probe for TPU
+# hardware at start-up and print libtpu's warnings; child processes inherit this.
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
 _FLAG = "--xla_force_host_platform_device_count=8"
 if _FLAG not in os.environ.get("XLA_FLAGS", ""):
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + _FLAG).strip()

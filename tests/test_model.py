@@ -197,13 +197,13 @@ def test_model_stats_tiny():
 
 def test_fvcore_style_macs_match_the_paper_log():
     # docs/method.md#complexity: 71,774,240,768 MACs at 16 × 224² (fvcore, 174 classes).
-    from rsa_jax.models import _jaxpr_macs
+    from rsa_jax.models import jaxpr_macs
     # Convolutions only (no banded-matrix forms, whose zeros would count).
     m = build_model({"num_classes": 174, "rsa": {"conv_strategy": "taps2d"}})
     x = jax.ShapeDtypeStruct((1, 16, 224, 224, 3), jnp.float32)
     v = jax.eval_shape(lambda: m.init(jax.random.PRNGKey(0), jnp.zeros(x.shape), train=False))
     jaxpr = jax.make_jaxpr(lambda v, x: m.apply(v, x, train=False))(v, x)
-    assert _jaxpr_macs(jaxpr.jaxpr) == 71_774_240_768
+    assert jaxpr_macs(jaxpr.jaxpr) == 71_774_240_768
 
 
 # --- CPU-friendly forms of the stem pool and the 1×1 convolutions -----------------

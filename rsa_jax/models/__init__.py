@@ -18,7 +18,7 @@ from rsa_jax.models.resnet_tsn import (
     survival_probs,
 )
 
-__all__ = ["ResNetTSN", "build_model", "model_stats", "default_model_config",
+__all__ = ["ResNetTSN", "build_model", "model_stats", "default_model_config", "jaxpr_macs",
            "survival_probs", "STAGE_BLOCKS", "BACKBONES"]
 
 _RSA_FIELDS = ("num_heads", "kernel_size", "kernel_type", "context_type", "implementation",
@@ -104,7 +104,7 @@ def count_params(tree: Any) -> int:
     return int(sum(np.prod(x.shape) for x in jax.tree_util.tree_leaves(tree)))
 
 
-def _jaxpr_macs(jaxpr) -> int:
+def jaxpr_macs(jaxpr) -> int:
     """fvcore-style multiply-accumulates of a jaxpr (docs/method.md#complexity).
 
     Convolutions count out-elements × (in / groups) × kernel volume (padding
@@ -125,7 +125,7 @@ def _jaxpr_macs(jaxpr) -> int:
             free = [d for i, d in enumerate(rhs) if i not in rc and i not in rb]
             total += int(np.prod(lhs)) * int(np.prod(free))
         for sub in jax_core.jaxprs_in_params(eqn.params):
-            total += _jaxpr_macs(sub)
+            total += jaxpr_macs(sub)
     return total
 
 
@@ -157,4 +157,4 @@ def model_stats(model_cfg: Any, num_frames: int, image_size: int = 224) -> dict:
     conv_only = model.clone(rsa=tuple(dict(model.rsa, conv_strategy="taps2d").items()))
     jaxpr = jax.make_jaxpr(lambda v, x: conv_only.apply(v, x, train=False))(variables, x)
     return {"params": count_params(variables["params"]), "flops": flops, "macs": flops / 2,
-            "fvcore_macs": _jaxpr_macs(jaxpr.jaxpr)}
+            "fvcore_macs": jaxpr_macs(jaxpr.jaxpr)}

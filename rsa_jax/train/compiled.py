@@ -173,7 +173,11 @@ def compile_step(config: Any, devices: Sequence[Any], per_chip_batch: int) -> St
         oom = parse_oom(str(e))
         if oom is None:
             raise
-        raise DoesNotFit(per_chip_batch, *oom, str(e).strip().splitlines()[0]) from None
+        needed, available = oom
+        detail = (f"the compiler needs {needed / 2 ** 30:.2f} GiB per chip, "
+                  f"{available / 2 ** 30:.2f} GiB available" if needed and available
+                  else str(e).strip().splitlines()[0])
+        raise DoesNotFit(per_chip_batch, needed, available, detail) from None
     return report_of(compiled, per_chip_batch, chips, time.perf_counter() - t0)
 
 
@@ -238,3 +242,63 @@ def largest_batch(compile_at: Callable[[int], StepReport], step: int, capacity: 
         mid = lo + (hi - lo) // (2 * step) * step
         lo, hi = (mid, hi) if fits(mid) else (lo, mid)
     return lo, tried
+
+
+def compile_or_explain(train_fn: Any, state: Any, batch: Any, config: Any, mesh: Any,
+                       compile_at: Callable[[Any, int], StepReport] | None = None) -> Any:
+    """``train_fn.lower(state, batch).compile()``; a compile that runs out of device
+    memory raises `DoesNotFit` with what to do instead (`explain_oom`), not XLA's dump.
+
+    ``compile_at(config, per_chip_batch)`` compiles a variant (default:
+    `compile_step` over the mesh's devices; tests pass a fake).
+    """
+    try:
+        return train_fn.lower(state, batch).compile()
+    except jax.errors.JaxRuntimeError as e:
+        oom = parse_oom(str(e))
+        if oom is None:
+            raise
+    devices = list(mesh.devices.flat)
+    per_chip = int(config.global_batch_size) // len(devices)
+    raise explain_oom(config, per_chip, *oom, kind=devices[0].device_kind,
+                      compile_at=compile_at or (lambda c, b: compile_step(c, devices, b)))
+
+
+def explain_oom(config: Any, per_chip_batch: int, needed: float | None,
+                available: float | None, kind: str,
+                compile_at: Callable[[Any, int], StepReport]) -> DoesNotFit:
+    """The one-line answer to a step that does not fit: the per-chip batch, the bytes
+    it needs, the chip's capacity, the largest per-chip batch that fits (searched as
+    ``python -m rsa_jax.aot --fit`` does, by compiling only) and the first
+    ``model.remat`` setting, if any, with which the requested batch fits."""
+    from rsa_jax import chips
+    from rsa_jax.models.resnet_tsn import REMAT
+    chip = chips.chip_for(kind)
+    capacity = available or (chip.hbm_bytes if chip else None)
+    step = batch_step(config, int(config.global_batch_size) // per_chip_batch)
+    best, _ = largest_batch(lambda b: compile_at(config, b), step, capacity or 0,
+                            max_batch=per_chip_batch - 1)
+    current = str(config.model.get("remat", "none"))
+    fits_with = None
+    for remat in REMAT[REMAT.index(current) + 1:] if current in REMAT else ():
+        variant = config.copy_and_resolve_references()
+        with variant.unlocked():
+            variant.model.remat = remat
+        try:
+            compile_at(variant, per_chip_batch)
+        except DoesNotFit:
+            continue
+        fits_with = remat
+        break
+
+    def size(x):
+        return "?" if x is None else f"{x / 2 ** 30:.2f} GiB"
+    where = f"{chip.name} chip" if chip else f"{kind!r} device"
+    advice = [f"the largest per-chip batch that fits is {best}" if best else
+              "no per-chip batch fits"]
+    if fits_with:
+        advice.append(f"--config.model.remat={fits_with} fits batch {per_chip_batch}")
+    return DoesNotFit(per_chip_batch, needed, available,
+                      f"the train step needs {size(needed)} of device memory per chip; the "
+                      f"{where} has {size(capacity)}: " + "; ".join(advice)
+                      + " (python -m rsa_jax.aot --fit)")

@@ -21,7 +21,7 @@ from clu import parameter_overview
 from rsa_jax import labels, parallel, validate
 from rsa_jax.data import pipeline
 from rsa_jax.models import build_model
-from rsa_jax.train import capacity, optim, preemption, progress, tuning, writers
+from rsa_jax.train import capacity, compiled, optim, preemption, progress, tuning, writers
 from rsa_jax.train import evaluate as eval_lib
 from rsa_jax.train import mfu as mfu_lib
 from rsa_jax.train import step as step_lib
@@ -303,7 +303,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     first_batch = None
     if start < num_steps:
         first_batch = parallel.shard_batch(next(train_iter), mesh)
-        train_fn.lower(state, first_batch).compile()
+        compiled.compile_or_explain(train_fn, state, first_batch, config, mesh)
     parallel.barrier("training starts")
 
     acc, last, eval_metrics, best = None, None, {}, {}
