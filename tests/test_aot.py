@@ -233,17 +233,36 @@ def test_a_step_that_does_not_fit_says_what_would():
 
 
 @needs_libtpu
+def test_the_train_loops_compile_explains_running_out_of_memory():
+    """`compile_or_explain`, as `train_and_evaluate` calls it on a real TPU host: a
+    compile over the slice's devices that runs out of HBM becomes `DoesNotFit` (main's
+    one FATAL line) with the compiler's sizes; the fit search is faked (cheap)."""
+    c = _tiny_config()
+    c.global_batch_size = 4 * 1_000_000
+    train_fn, state, batch, mesh = compiled.step_program(c, _v5e_devices(4), 1_000_000)
+    calls = []
+    fake = _fake_compiler({"none": 1000, "rsa": 1000, "block": 1000}, calls)
+    with pytest.raises(compiled.DoesNotFit) as err:
+        compiled.compile_or_explain(train_fn, state, batch, c, mesh, compile_at=fake)
+    msg = str(err.value)
+    needed, available = err.value.needed, err.value.available
+    assert needed > available > 15 * 2 ** 30            # the compiler's own figures
+    assert msg.startswith(f"per-chip batch 1000000 does not fit: the train step needs "
+                          f"{needed / 2 ** 30:.2f} GiB")
+    assert f"the v5e chip has {available / 2 ** 30:.2f} GiB" in msg
+    assert "the largest per-chip batch that fits is 90" in msg and "remat=" not in msg
+
+
+@needs_libtpu
 def test_cli_prints_one_json_line_and_fatal_lines():
     env = dict(os.environ, JAX_PLATFORMS="cpu")
-    base = [sys.executable, "-m", "rsa_jax.aot", "--config", "configs/synthetic.py",
-            "--config.data.num_frames=2", "--config.data.image_size=16",
-            "--config.model.width=4", "--config.global_batch_size=4"]
+    base = [sys.executable, "-m", "rsa_jax.aot", "--config", "configs/synthetic.py:tiny"]
     out = subprocess.run(base + ["--topology", "v5e:2x2", "--json"], cwd=ROOT, env=env,
                          capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-2000:]
     import json
     s = json.loads(out.stdout.strip().splitlines()[-1])
-    assert (s["chips"], s["per_chip_batch"], s["chip"]) == (4, 1, "v5e")
+    assert (s["chips"], s["per_chip_batch"], s["chip"]) == (4, 2, "v5e")   # global batch 8
     bad = subprocess.run(base + ["--topology", "v5e:3x3"], cwd=ROOT, env=env,
                          capture_output=True, text=True, timeout=600)
     assert bad.returncode == 1

@@ -17,12 +17,13 @@ from rsa_jax.layers.rsa import l2_normalize, resolve_dims
 from tests.rsa_fixtures import FIXTURE_DIR, LAYER_FIXTURES, load_layer_fixture, rel_err
 
 IMPLS = ("conv", "patches")
-# conv_strategy 'native' (lax 3-D convs) is the accelerator path; check it on CPU too.
+# conv_strategy 'native' (lax 3-D convs) and 'flat' (depthwise shared convolution,
+# broadcast products) are the accelerator paths; check them on CPU too.
 # 'taps2d' is convolutions only; 'auto' on CPU evaluates the shared H2/G convolution in
 # one of three forms chosen by frame size ('taps', 'row', 'frame'): each is forced here
 # on every fixture.
 VARIANTS = [("conv", "taps2d"), ("conv", "auto-row"), ("conv", "auto-frame"),
-            ("conv", "native"), ("patches", "auto")]
+            ("conv", "native"), ("conv", "flat"), ("patches", "auto")]
 
 
 def _layer(impl, strategy, **cfg):

@@ -82,6 +82,9 @@ class ConvForms:
     shared_form: str
 
 
+CONV_STRATEGIES = ("auto", "native", "taps2d", "flat")
+
+
 def select_forms(conv_strategy: str, frame_hw: Sequence[int], kernel_size: Sequence[int],
                  groups: int, precision: Any = None,
                  platform: str | None = None) -> ConvForms:
@@ -90,8 +93,11 @@ def select_forms(conv_strategy: str, frame_hw: Sequence[int], kernel_size: Seque
     Args:
       conv_strategy: 'native' (lax 3-D / grouped convolutions and einsums),
         'taps2d' (2-D convolutions over the temporal taps only, so a traced graph
-        has the official layer's multiply-adds) or 'auto' (native off CPU; on CPU
-        taps2d, with the shared convolution as a banded matmul on small frames).
+        has the official layer's multiply-adds), 'flat' (channels kept on the minor
+        axis: the shared convolution as one depthwise-multiplier convolution and
+        the per-position products as broadcast multiply-sums; see `shared_conv_flat`)
+        or 'auto' (native off CPU; on CPU taps2d, with the shared convolution as a
+        banded matmul on small frames).
       frame_hw: (H, W) of the value map.
       kernel_size: (kT, kH, kW).
       groups: dk, the number of groups of the H1 convolution.
@@ -101,9 +107,17 @@ def select_forms(conv_strategy: str, frame_hw: Sequence[int], kernel_size: Seque
     Raises:
       ValueError: for an unknown ``conv_strategy``.
     """
-    if conv_strategy not in ("auto", "native", "taps2d"):
-        raise ValueError(f"conv_strategy must be 'auto', 'native' or 'taps2d', "
+    if conv_strategy not in CONV_STRATEGIES:
+        raise ValueError(f"conv_strategy must be one of {CONV_STRATEGIES}, "
                          f"got {conv_strategy!r}")
+    if conv_strategy == "flat":
+        return ConvForms(
+            grouped_conv=functools.partial(_grouped_conv_native, groups=groups,
+                                           precision=precision),
+            shared_conv=functools.partial(shared_conv_flat, precision=precision),
+            matmul=broadcast_matmul,
+            transpose=functools.partial(jnp.swapaxes, axis1=-1, axis2=-2),
+            shared_form="flat")
     if conv_strategy == "native" or (conv_strategy == "auto"
                                      and resolve_platform(platform) != "cpu"):
         # XLA's GPU/TPU convolutions and dots take any layout.
@@ -239,6 +253,25 @@ def _shared_conv(v, bank, precision, form):
         out = (_conv2d_taps(taps, bank2d, precision) if form == "taps"
                else _banded_matmul(taps, bank2d, precision, form))
     return jnp.moveaxis(out.reshape(b, c, t, h, w, -1), 1, 4)
+
+
+def shared_conv_flat(v, bank, precision):
+    """v (B,T,H,W,C) * bank (kT,kH,kW,1,F) -> (B,T,H,W,C,F) as one depthwise-multiplier
+    3-D convolution: C groups of one input channel, each with the same F filters
+    (output channel c·F + f).  The channels stay on the minor axis, C·F wide, where
+    'native' moves them into the batch and convolves a single input channel, which
+    TPU tiles pad to 128 lanes."""
+    c, f = v.shape[-1], bank.shape[-1]
+    out = conv3d_native(v, jnp.tile(bank, (1, 1, 1, 1, c)), precision, groups=c)
+    return out.reshape(v.shape[:-1] + (c, f))
+
+
+def broadcast_matmul(a: jax.Array, b: jax.Array) -> jax.Array:
+    """Per-position (..., n, j) @ (..., j, d) as a broadcast multiply and a float32 sum
+    over j: one elementwise-and-reduce fusion, where a batched dot of tiny matrices
+    lays each out in (8, 128) tiles on TPU."""
+    prod = a[..., :, :, None].astype(jnp.float32) * b[..., None, :, :].astype(jnp.float32)
+    return jnp.sum(prod, axis=-2).astype(jnp.result_type(a, b))
 
 
 def _grouped_conv_native(k, h1, groups, precision):

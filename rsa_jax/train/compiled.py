@@ -119,6 +119,35 @@ def collectives(hlo_text: str) -> dict[str, dict[str, int]]:
     return out
 
 
+def _result_bytes(type_text: str) -> int:
+    return int(sum(_DTYPE_BYTES.get(t, 0) * math.prod(int(d) for d in dims.split(",") if d)
+                   for t, dims in re.findall(r"\b([a-z]+\d*)\[([\d,]*)\]", type_text)))
+
+
+def largest_fusions(hlo_text: str, top: int = 8) -> list[dict]:
+    """The `top` instructions of a compiled module's entry computation by the bytes of
+    their results (fusions, convolutions, copies...): where the HBM traffic goes.
+
+    Each: {'name', 'op' (fusion kind or opcode), 'shape', 'bytes', 'source' (the jax
+    op_name of its metadata, shortened)}.
+    """
+    entry = hlo_text[hlo_text.find("ENTRY"):]
+    entry = entry[:entry.find("\n}")]
+    rows = []
+    skip = ("parameter", "constant", "tuple", "get-tuple-element", "bitcast")
+    for line in entry.splitlines()[1:]:
+        m = re.match(r"\s*(?:ROOT\s+)?%?(\S+)\s*=\s*(.+?)\s+([a-z][\w-]*)\(", line)
+        if m is None or m.group(3) in skip:
+            continue
+        kind = re.search(r"kind=(k\w+)", line)
+        src = re.search(r'op_name="([^"]*)"', line)
+        rows.append({"name": m.group(1), "op": kind.group(1) if kind else m.group(3),
+                     "shape": re.sub(r"\{[^}]*\}", "", m.group(2))[:80],
+                     "bytes": _result_bytes(m.group(2)),
+                     "source": src.group(1)[-90:] if src else ""})
+    return sorted(rows, key=lambda r: -r["bytes"])[:top]
+
+
 def batch_step(config: Any, chips: int) -> int:
     """The smallest per-chip batch step that keeps every global batch valid: divisible
     by ``grad_accum_steps`` and by the batch-norm clip groups."""
@@ -149,6 +178,23 @@ def compile_step(config: Any, devices: Sequence[Any], per_chip_batch: int) -> St
       ValueError: a per-chip batch that does not divide (`batch_step`).
     """
     t0 = time.perf_counter()
+    train_fn, state, batch, mesh = step_program(config, devices, per_chip_batch)
+    try:
+        compiled = train_fn.lower(state, batch).compile()
+    except jax.errors.JaxRuntimeError as e:
+        oom = parse_oom(str(e))
+        if oom is None:
+            raise
+        needed, available = oom
+        detail = (f"the compiler needs {needed / 2 ** 30:.2f} GiB per chip, "
+                  f"{available / 2 ** 30:.2f} GiB available" if needed and available
+                  else str(e).strip().splitlines()[0])
+        raise DoesNotFit(per_chip_batch, needed, available, detail) from None
+    return report_of(compiled, per_chip_batch, mesh.devices.size, time.perf_counter() - t0)
+
+
+def step_program(config: Any, devices: Sequence[Any], per_chip_batch: int):
+    """(jitted train step, abstract state, abstract batch, mesh) of `compile_step`."""
     mesh = parallel.create_mesh(config.get("mesh_shape"), devices=list(devices))
     chips = mesh.devices.size
     _check_batch(config, chips, per_chip_batch)
@@ -167,18 +213,7 @@ def compile_step(config: Any, devices: Sequence[Any], per_chip_batch: int) -> St
     batch = {"video": jax.ShapeDtypeStruct((n, d.num_frames, d.image_size, d.image_size, 3),
                                            video_dtype, sharding=batch_sh),
              "label": jax.ShapeDtypeStruct((n,), jnp.int32, sharding=batch_sh)}
-    try:
-        compiled = train_fn.lower(state, batch).compile()
-    except jax.errors.JaxRuntimeError as e:
-        oom = parse_oom(str(e))
-        if oom is None:
-            raise
-        needed, available = oom
-        detail = (f"the compiler needs {needed / 2 ** 30:.2f} GiB per chip, "
-                  f"{available / 2 ** 30:.2f} GiB available" if needed and available
-                  else str(e).strip().splitlines()[0])
-        raise DoesNotFit(per_chip_batch, needed, available, detail) from None
-    return report_of(compiled, per_chip_batch, chips, time.perf_counter() - t0)
+    return train_fn, state, batch, mesh
 
 
 def report_of(compiled: Any, per_chip_batch: int, chips: int, compile_s: float) -> StepReport:

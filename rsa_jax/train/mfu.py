@@ -6,7 +6,8 @@ multiply-adds of one clip's forward pass × 2 (FLOPs per multiply-add) × 3
 rematerialisation, which recomputes forward work, does not raise the figure
 (docs/benchmarks.md).
 
-Peaks are dense (no structured sparsity) per chip, from the vendors' datasheets.
+Peaks are dense (no structured sparsity) per chip, from the vendors' datasheets
+(`rsa_jax/chips.py`, the table `rsa_jax.aot` also reads).
 The 'float32' peak is what XLA's *default* precision runs a float32 matmul or
 convolution at: TF32 tensor cores on NVIDIA Ampere and later, one bfloat16 MXU pass
 on TPU; on CPU both peaks are measured with a short matmul benchmark.
@@ -22,7 +23,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import re
 import time
 from typing import Any
 
@@ -30,26 +30,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-# (device_kind regex, {dtype: peak TFLOP/s per chip}); first match wins, so more
-# specific patterns come first.  Sources (dense figures = sparsity figures / 2):
-PEAK_TFLOPS: tuple[tuple[str, dict[str, float]], ...] = (
-    # NVIDIA H200 datasheet (SXM): BF16 1,979 / TF32 989 TFLOPS with sparsity.
-    (r"H200", {"bfloat16": 989.5, "float32": 494.7}),
-    # NVIDIA H100 datasheet, PCIe: BF16 1,513 / TF32 756 with sparsity.
-    (r"H100.*PCIe", {"bfloat16": 756.5, "float32": 378.0}),
-    # NVIDIA H100 datasheet, SXM ("H100 80GB HBM3"): BF16 1,979 / TF32 989 with sparsity.
-    (r"H100", {"bfloat16": 989.5, "float32": 494.7}),
-    # NVIDIA A100 datasheet (SXM and PCIe): BF16 312 / TF32 156 dense.
-    (r"A100", {"bfloat16": 312.0, "float32": 156.0}),
-    # NVIDIA L4 datasheet: BF16 242 / TF32 120 TFLOPS with sparsity.
-    (r"\bL4\b", {"bfloat16": 121.0, "float32": 60.0}),
-    # Cloud TPU system architecture pages, per chip: v5e 197, v5p 459, v6e 918, v4 275
-    # bf16 TFLOP/s.  JAX names v5e "TPU v5 lite", v6e "TPU v6 lite", v5p "TPU v5(p)".
-    (r"TPU v5 ?lite|TPU v5e", {"bfloat16": 197.0, "float32": 197.0}),
-    (r"TPU v6 ?lite|TPU v6e", {"bfloat16": 918.0, "float32": 918.0}),
-    (r"TPU v5p?\b", {"bfloat16": 459.0, "float32": 459.0}),
-    (r"TPU v4", {"bfloat16": 275.0, "float32": 275.0}),
-)
+from rsa_jax import chips
+
 _DTYPES = {"bfloat16": "bfloat16", "bf16": "bfloat16", "float32": "float32", "f32": "float32"}
 
 
@@ -61,12 +43,11 @@ def _dtype_name(dtype: Any) -> str:
 
 
 def table_peak_flops(device_kind: str, dtype: Any) -> float | None:
-    """Datasheet peak FLOP/s of one chip, or None for a device not in `PEAK_TFLOPS`."""
+    """Datasheet peak FLOP/s of one chip (`rsa_jax.chips`), or None for a device not
+    in that table."""
     dt = _dtype_name(dtype)
-    for pattern, peaks in PEAK_TFLOPS:
-        if re.search(pattern, device_kind, re.IGNORECASE):
-            return peaks[dt] * 1e12
-    return None
+    chip = chips.chip_for(device_kind)
+    return None if chip is None else chip.peak_flops(dt)
 
 
 @functools.cache
