@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import math
 import os
 import re
 import sys
@@ -33,6 +34,29 @@ LIBTPU_PIN = "libtpu==0.0.42.*"
 # (2x2 chips, 2x2x1 for v4 / v5p) or fits one host works.
 KNOWN_TOPOLOGIES = ("v4:2x2x1", "v4:4x4x4", "v5e:1x1", "v5e:2x2", "v5e:4x4", "v5e:16x16",
                     "v5p:2x2x1", "v5p:4x4x4", "v5p:8x8x8", "v6e:1x1", "v6e:2x2", "v6e:16x16")
+
+
+# Deviceless GPU compiles (jax's CUDA plugin, `topologies.get_topology_desc(platform=
+# "cuda", target_config=...)`): the device description XLA compiles for.  H100 SXM
+# figures from NVIDIA's datasheet and CUDA's device query (132 SMs, 80 GB HBM3 at
+# 3.35 TB/s, compute capability 9.0).
+GPU_TARGETS = {"h100": """gpu_device_info {
+  threads_per_block_limit: 1024 threads_per_warp: 32
+  shared_memory_per_block: 49152 shared_memory_per_core: 233472
+  threads_per_core_limit: 2048 core_count: 132 fpus_per_core: 128
+  block_dim_limit_x: 2147483647 block_dim_limit_y: 65535 block_dim_limit_z: 65535
+  memory_bandwidth: 3352320000000 l2_cache_size: 52428800 clock_rate_ghz: 1.98
+  device_memory_size: 84929347584 shared_memory_per_block_optin: 232448
+  cuda_compute_capability { major: 9 minor: 0 }
+  registers_per_core_limit: 65536 registers_per_block_limit: 65536
+}
+platform_name: "CUDA"
+dnn_version_info { major: 9 minor: 8 patch: 0 }
+device_description_str: "NVIDIA H100 80GB HBM3"
+"""}
+# XLA's Triton GEMM fusion aborts on the step's strided 1×1 convolutions (a CHECK in
+# triton_tiling_propagation, reported upstream for real GPUs too); cuBLAS does them.
+GPU_XLA_FLAG = "--xla_gpu_enable_triton_gemm=false"
 
 
 class AotError(Exception):
@@ -72,6 +96,39 @@ def topology_devices(topology: str) -> list[Any]:
         raise AotError(f"{_unknown(topology)} (libtpu: {str(e).splitlines()[0]})") from None
 
 
+def has_module(name: str) -> bool:
+    """Whether `name` (dotted) can be imported, without importing it."""
+    try:
+        return importlib.util.find_spec(name) is not None
+    except ModuleNotFoundError:          # a parent package is missing
+        return False
+
+
+def gpu_devices(gpu: str, topology: str) -> list[Any]:
+    """Devices of `topology` GPUs of kind `gpu`, ``'<partitions>x<hosts>x<GPUs per
+    host>'`` (e.g. '1x1x8': one 8-GPU host), described without a GPU.
+
+    Raises:
+      AotError: an unknown GPU or topology, or no CUDA plugin for this jax.
+    """
+    import jax
+    if gpu not in GPU_TARGETS:
+        raise AotError(f"unknown GPU {gpu!r}; known: {', '.join(sorted(GPU_TARGETS))}")
+    if not re.fullmatch(r"\d+x\d+x\d+", topology):
+        raise AotError(f"a GPU topology is <partitions>x<hosts>x<GPUs per host>, e.g. 1x1x8; "
+                       f"got {topology!r}")
+    if not has_module("jax_plugins.xla_cuda12"):
+        raise AotError(
+            f"jax's CUDA plugin is not installed; in a separate environment: pip install "
+            f"--no-deps jax-cuda12-plugin=={jax.__version__} jax-cuda12-pjrt=={jax.__version__}"
+            f" (and nvidia-cuda-nvcc-cu12 where no CUDA toolkit provides ptxas)")
+    if GPU_XLA_FLAG not in os.environ.get("XLA_FLAGS", ""):
+        os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {GPU_XLA_FLAG}".strip()
+    from jax.experimental import topologies
+    return list(topologies.get_topology_desc(platform="cuda", topology=topology,
+                                             target_config=GPU_TARGETS[gpu]).devices)
+
+
 def _unknown(topology: str) -> str:
     return (f"unknown TPU topology {topology!r}: use <generation>:<chips per axis> with "
             f"generation v4, v5e, v5p or v6e, e.g. {', '.join(KNOWN_TOPOLOGIES)}")
@@ -88,8 +145,9 @@ def summary(report: Any, chip: Any, per_chip: int, dtype: str, topology: str,
     """The report as one JSON-able dict, per chip (v4: both TensorCores' programs)."""
     n = per_chip
     flops, hbm = report.flops * n, report.hbm_bytes * n
-    roof = chip.roofline_seconds(flops, hbm, dtype)
     compute = flops / chip.peak_flops(dtype)
+    # Without HBM bytes (GPU compiles) the roofline is the compute time, a lower bound.
+    roof = compute if math.isnan(hbm) else chip.roofline_seconds(flops, hbm, dtype)
     clips = report.per_chip_batch * n
     return {
         "topology": topology, "chip": chip.name, "chips": report.chips // n, "dtype": dtype,
@@ -105,7 +163,7 @@ def summary(report: Any, chip: Any, per_chip: int, dtype: str, topology: str,
         "flops": flops, "hbm_bytes": hbm, "intensity": report.intensity,
         "chip_balance": chip.peak_flops(dtype) / (1e9 * chip.hbm_gbps),
         "roofline_s": roof, "compute_s": compute,
-        "bound": "compute" if compute >= roof else "HBM",
+        "bound": "unknown" if math.isnan(hbm) else "compute" if compute >= roof else "HBM",
         "clips_per_s_chip": clips / roof, "clips_per_s_slice": clips / roof * (report.chips // n),
         "collectives": report.collectives,
     }
@@ -131,7 +189,9 @@ def format_summary(s: dict) -> str:
         f"  per clip       temporaries {_gib(s['temp_per_clip'])}",
         f"  cost per chip  {s['flops'] / 1e9:.1f} GFLOP, {s['hbm_bytes'] / 1e9:.2f} GB HBM: "
         f"{s['intensity']:.1f} FLOP/byte (the chip's balance point: "
-        f"{s['chip_balance']:.0f})",
+        f"{s['chip_balance']:.0f})" if not math.isnan(s["hbm_bytes"]) else
+        f"  cost per chip  {s['flops'] / 1e9:.1f} GFLOP (this compiler gives no HBM bytes: "
+        f"the roofline below is the compute time alone)",
         f"  roofline       {1e3 * s['roofline_s']:.2f} ms/step, {s['bound']}-bound "
         f"(compute alone {1e3 * s['compute_s']:.2f} ms): {s['clips_per_s_chip']:.1f} clips/s "
         f"per chip, {s['clips_per_s_slice']:.1f} per slice",
@@ -163,7 +223,13 @@ def run(config: Any, topology: str, per_chip_batch: int | None = None,
         if clips_per_chip % per_chip:
             raise ValueError(f"per-chip batch {clips_per_chip} must be a multiple of the "
                              f"{per_chip} TensorCores libtpu describes per {chip.name} chip")
-        return compiled.compile_step(config, devices, clips_per_chip // per_chip)
+        report = compiled.compile_step(config, devices, clips_per_chip // per_chip)
+        if report.hbm_total > chip.hbm_bytes / per_chip:   # GPU compilers do not refuse
+            raise compiled.DoesNotFit(
+                clips_per_chip, report.hbm_total, chip.hbm_bytes,
+                f"it needs {report.hbm_total / 2 ** 30:.2f} GiB per chip of "
+                f"{chip.hbm_bytes / 2 ** 30:.2f} GiB")
+        return report
 
     try:
         if fit:
@@ -198,7 +264,9 @@ def main(argv: list[str]) -> None:
     if flags_.fit and flags_.per_chip_batch is not None:
         sys.exit("FATAL: pass --per_chip_batch or --fit, not both")
     try:
-        out = run(flags_.config, flags_.topology, flags_.per_chip_batch, flags_.fit)
+        devices = gpu_devices(flags_.gpu, flags_.topology) if flags_.gpu else None
+        out = run(flags_.config, f"{flags_.gpu}:{flags_.topology}" if flags_.gpu
+                  else flags_.topology, flags_.per_chip_batch, flags_.fit, devices)
     except AotError as e:
         sys.exit(f"FATAL: {e}")
     if flags_.json:
@@ -220,6 +288,8 @@ def _define_flags() -> None:
                          "Clips per chip per step (default: global_batch_size / chips).")
     flags.DEFINE_bool("fit", False, "Find the largest per-chip batch that fits in HBM.")
     flags.DEFINE_bool("json", False, "Print one JSON line instead of the report.")
+    flags.DEFINE_string("gpu", None, "Compile for GPUs of this kind instead (h100); "
+                        "--topology is then <partitions>x<hosts>x<GPUs per host>.")
     flags.mark_flags_as_required(["config", "topology"])
 
 

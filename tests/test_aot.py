@@ -174,6 +174,25 @@ def dict_config(**overrides):
     return c
 
 
+def test_unoptimised_flops_are_the_lowered_programs_cost():
+    """The FLOPs used where a compiler has no cost analysis (deviceless CUDA) equal
+    jax's own cost analysis of the lowered program (pins the private call)."""
+    lowered = jax.jit(lambda a, b: jnp.tanh(a @ b)).lower(
+        jax.ShapeDtypeStruct((64, 32), jnp.float32), jax.ShapeDtypeStruct((32, 16), jnp.float32))
+    flops = compiled.unoptimised_flops(lowered)
+    assert flops == lowered.cost_analysis()["flops"] >= 2 * 64 * 32 * 16
+
+
+def test_gpu_requests_are_checked():
+    with pytest.raises(aot.AotError, match=r"unknown GPU 'h900'; known: h100"):
+        aot.gpu_devices("h900", "1x1x8")
+    with pytest.raises(aot.AotError, match=r"<partitions>x<hosts>x<GPUs per host>"):
+        aot.gpu_devices("h100", "v5e:2x2")
+    if not aot.has_module("jax_plugins.xla_cuda12"):
+        with pytest.raises(aot.AotError, match=r"pip install --no-deps jax-cuda12-plugin=="):
+            aot.gpu_devices("h100", "1x1x8")
+
+
 def test_parse_oom_reads_the_compilers_sizes():
     msg = ("RESOURCE_EXHAUSTED: Ran out of memory on HBM, the total memory required for HLO "
            "temporaries (159.64G) exceeds available HBM (15.75G).")

@@ -124,6 +124,21 @@ def _result_bytes(type_text: str) -> int:
                    for t, dims in re.findall(r"\b([a-z]+\d*)\[([\d,]*)\]", type_text)))
 
 
+def unoptimised_flops(lowered: Any) -> float:
+    """FLOPs of a lowered program before any compiler pass (the whole global program),
+    from XLA's HLO cost analysis run by the CPU client.
+
+    Uses ``jax._src.lib._jax.hlo_module_cost_analysis``, what ``Lowered.cost_analysis``
+    calls with the lowering's own backend (for which the CUDA plugin has none);
+    tests/test_aot.py pins that both agree on a CPU program.
+    """
+    from jax._src import xla_bridge
+    from jax._src.lib import _jax
+    module = lowered.compiler_ir("hlo").as_hlo_module()
+    return float(_jax.hlo_module_cost_analysis(xla_bridge.get_backend("cpu"), module)
+                 .get("flops", 0.0))
+
+
 def largest_fusions(hlo_text: str, top: int = 8) -> list[dict]:
     """The `top` instructions of a compiled module's entry computation by the bytes of
     their results (fusions, convolutions, copies...): where the HBM traffic goes.
@@ -179,8 +194,9 @@ def compile_step(config: Any, devices: Sequence[Any], per_chip_batch: int) -> St
     """
     t0 = time.perf_counter()
     train_fn, state, batch, mesh = step_program(config, devices, per_chip_batch)
+    lowered = train_fn.lower(state, batch)
     try:
-        compiled = train_fn.lower(state, batch).compile()
+        compiled = lowered.compile()
     except jax.errors.JaxRuntimeError as e:
         oom = parse_oom(str(e))
         if oom is None:
@@ -190,7 +206,8 @@ def compile_step(config: Any, devices: Sequence[Any], per_chip_batch: int) -> St
                   f"{available / 2 ** 30:.2f} GiB available" if needed and available
                   else str(e).strip().splitlines()[0])
         raise DoesNotFit(per_chip_batch, needed, available, detail) from None
-    return report_of(compiled, per_chip_batch, mesh.devices.size, time.perf_counter() - t0)
+    return report_of(compiled, per_chip_batch, mesh.devices.size, time.perf_counter() - t0,
+                     lowered)
 
 
 def step_program(config: Any, devices: Sequence[Any], per_chip_batch: int):
@@ -216,12 +233,22 @@ def step_program(config: Any, devices: Sequence[Any], per_chip_batch: int):
     return train_fn, state, batch, mesh
 
 
-def report_of(compiled: Any, per_chip_batch: int, chips: int, compile_s: float) -> StepReport:
-    """`StepReport` of a ``jax.stages.Compiled``."""
+def report_of(compiled: Any, per_chip_batch: int, chips: int, compile_s: float,
+              lowered: Any = None) -> StepReport:
+    """`StepReport` of a ``jax.stages.Compiled``.
+
+    Compilers without a cost analysis (jax 0.10.2's CUDA plugin compiling without a
+    GPU) get the FLOPs of the `lowered` program, divided over the `chips` (exact for
+    data parallelism), and no HBM bytes (NaN): before fusion they mean nothing.
+    """
     mem = compiled.memory_analysis()
     cost = compiled.cost_analysis()
     if isinstance(cost, (list, tuple)):
         cost = cost[0]
+    if cost is None:
+        if lowered is None:
+            raise ValueError("this compiler has no cost analysis: pass the lowered program")
+        cost = {"flops": unoptimised_flops(lowered) / chips, "bytes accessed": float("nan")}
     return StepReport(
         per_chip_batch=per_chip_batch, chips=chips, compile_s=compile_s,
         argument_bytes=int(mem.argument_size_in_bytes), output_bytes=int(mem.output_size_in_bytes),
