@@ -23,7 +23,7 @@ import jax.numpy as jnp
 from jax import lax
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from bench_rsa_layer import _median_time  # noqa: E402  (benchmarks/ is on the path)
+from bench_rsa_layer import median_time  # noqa: E402  (benchmarks/ is on the path)
 
 from rsa_jax.layers.frame_ops import conv2d_im2col, use_im2col  # noqa: E402
 
@@ -47,7 +47,7 @@ def bench(frames: int, h: int, c_in: int, c_out: int, stride: int, k: int,
            "stride": stride}
     for name, f in (("native", native), ("im2col", im2col)):
         grad = jax.jit(jax.grad(lambda x, w, f=f: jnp.sum(f(x, w) ** 2), argnums=(0, 1)))
-        out[f"{name}_fwd_bwd_s"] = round(_median_time(grad, (x, w), repeats)[0], 5)
+        out[f"{name}_fwd_bwd_s"] = round(median_time(grad, (x, w), repeats)[0], 5)
     out["native_over_im2col"] = round(out["native_fwd_bwd_s"] / out["im2col_fwd_bwd_s"], 2)
     out["picks_im2col"] = use_im2col((h, h), (k, k), (stride, stride))
     out["load_avg_1min"] = round(os.getloadavg()[0], 2)

@@ -47,7 +47,7 @@ from PIL import Image
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from bench_pipeline import _rates
+from bench_pipeline import rates
 
 from rsa_jax.data import builders, pipeline, transforms
 
@@ -143,7 +143,7 @@ def main() -> None:
                 transforms_by_store[store] = pipeline.TrainTransform(
                     pipeline.ClipLoader(source, spec))
             rng = np.random.default_rng(0)
-            _, cpu = _rates({s: (lambda i, tr=tr, rng=rng: tr.random_map(i, rng))
+            _, cpu = rates({s: (lambda i, tr=tr, rng=rng: tr.random_map(i, rng))
                              for s, tr in transforms_by_store.items()},
                             args.videos, args.frames, args.seconds)
             for store in STORES:

@@ -49,7 +49,9 @@ def _natural_frames(rng: np.random.Generator, n: int) -> np.ndarray:
     return np.clip(np.stack(frames), 0, 255).astype(np.uint8)
 
 
-def _write_raw(root: str, videos: int) -> None:
+def write_raw(root: str, videos: int) -> None:
+    """``videos`` raw videos of natural-looking frames, as JPEG folders (video_list) and
+    as WebM files (Something-Something v2), under ``root``."""
     rng = np.random.default_rng(0)
     os.makedirs(os.path.join(root, 'ssv2', 'labels'))
     os.makedirs(os.path.join(root, 'ssv2', '20bn-something-something-v2'))
@@ -127,7 +129,7 @@ def _max_deviation(transform: pipeline.TrainTransform, root: str, videos: int,
     return worst
 
 
-def _rates(fns: dict, n_items: int, frames_per_item: int, seconds: float,
+def rates(fns: dict, n_items: int, frames_per_item: int, seconds: float,
            rounds: int = 5) -> tuple[dict, dict]:
     """Frames per second of each fn: wall clock and per CPU-second.
 
@@ -152,8 +154,10 @@ def _rates(fns: dict, n_items: int, frames_per_item: int, seconds: float,
             {k: done[k] * frames_per_item / cpu[k] for k in fns})
 
 
-def _transform(name: str, config: str | None, root: str, manual: str,
-               t_len: int, uint8: bool = False) -> tuple[pipeline.TrainTransform, int]:
+def train_transform(name: str, config: str | None, root: str, manual: str,
+                    t_len: int, uint8: bool = False) -> tuple[pipeline.TrainTransform, int]:
+    """The training transform over dataset ``name`` built from ``root/manual``, and the
+    stored bytes of its first video."""
     cfg = ml_collections.ConfigDict(dict(
         name=name, builder_config=config, data_dir=os.path.join(root, 'tfds'),
         manual_dir=os.path.join(root, manual)))
@@ -173,17 +177,17 @@ def main() -> None:
     ap.add_argument('--seconds', type=float, default=5.0)
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as root:
-        _write_raw(root, args.videos)
-        jpeg, jpeg_bytes = _transform('video_list', None, root, 'list', args.frames)
-        jpeg_u8, _ = _transform('video_list', None, root, 'list', args.frames,
+        write_raw(root, args.videos)
+        jpeg, jpeg_bytes = train_transform('video_list', None, root, 'list', args.frames)
+        jpeg_u8, _ = train_transform('video_list', None, root, 'list', args.frames,
                                 uint8=True)
-        webm, webm_bytes = _transform('something_something_v2', 'video', root,
+        webm, webm_bytes = train_transform('something_something_v2', 'video', root,
                                       'ssv2', args.frames)
         max_dev = _max_deviation(jpeg_u8, root, args.videos, args.frames)
         rng = np.random.default_rng(0)
         random.seed(0)
         t = args.frames
-        wall, cpu = _rates({
+        wall, cpu = rates({
             'jpeg': lambda i: jpeg.random_map(i, rng),
             'jpeg_uint8': lambda i: jpeg_u8.random_map(i, rng),
             'webm': lambda i: webm.random_map(i, rng),

@@ -28,7 +28,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from rsa_jax.layers import RSA, conv_forms  # noqa: E402  (repo root on the path)
 
 
-def _median_time(fn, args, repeats: int) -> tuple[float, float]:
+def median_time(fn, args, repeats: int) -> tuple[float, float]:
     """Median wall seconds and median process CPU seconds (all threads) per call.
 
     On a shared machine the CPU seconds are the load-robust figure: divided by
@@ -75,7 +75,7 @@ def cpu_forms(shape, heads, kernel_size, repeats) -> dict:
     out = {}
     for name, (fn, *args) in cands.items():
         g = jax.jit(jax.grad(lambda *a, fn=fn: jnp.sum(fn(*a) ** 2), argnums=(0, 1)))
-        out[f"{name}_fwd_bwd_s"] = _median_time(g, tuple(args), repeats)[0]
+        out[f"{name}_fwd_bwd_s"] = median_time(g, tuple(args), repeats)[0]
     return out
 
 
@@ -95,8 +95,8 @@ def bench(shape, kernel_size, repeats, dtype, heads=8) -> dict:
             return jnp.sum(y.astype(jnp.float32) ** 2)
 
         fwd_bwd = jax.jit(jax.grad(loss, argnums=(0, 1)))
-        fwd_s, fwd_cpu = _median_time(jax.jit(forward), (params, x), repeats)
-        fb_s, fb_cpu = _median_time(fwd_bwd, (params, x), repeats)
+        fwd_s, fwd_cpu = median_time(jax.jit(forward), (params, x), repeats)
+        fb_s, fb_cpu = median_time(fwd_bwd, (params, x), repeats)
         out[impl] = {
             "fwd_s": fwd_s, "fwd_bwd_s": fb_s, "fwd_cpu_s": fwd_cpu, "fwd_bwd_cpu_s": fb_cpu,
             "fwd_bwd_compiled_bytes": _compiled_bytes(fwd_bwd, (params, x)),

@@ -3,7 +3,7 @@ and compare the end with an uninterrupted run.
 
     python benchmarks/chaos_resume.py --kills 20
 
-Trains the tiny synthetic net (as tests/test_train_loop.py, one CPU device, a
+Trains configs/synthetic.py:tiny (as tests/test_train_loop.py; one CPU device, a
 checkpoint every step) with ``python -m rsa_jax.main``. Kill moments come from
 a seeded RNG: after 1-3 new logged steps plus up to 1 s,
 or, for about a third of the kills, the moment an orbax temporary checkpoint
@@ -34,7 +34,7 @@ CONFIG_PY = """
 import configs.synthetic as synthetic
 
 def get_config():
-    c = synthetic.get_config()
+    c = synthetic.get_config("tiny")
     c.update_from_flattened_dict({overrides!r})
     return c
 """
@@ -43,11 +43,8 @@ RUN_TIMEOUT_S = 900
 
 
 def _overrides(data_dir: str, steps: int) -> dict:
-    return {"data.builder_config": "tiny", "data.data_dir": data_dir, "data.num_frames": 4,
-            "data.image_size": 32, "data.num_threads": 1, "model.width": 8,
-            "model.rsa_positions": [[], [], [], [1]], "model.rsa.num_heads": 2,
-            "model.rsa.kernel_size": [3, 3, 3], "global_batch_size": 8, "eval_batch_size": 8,
-            "test_batch_size": 8, "num_train_steps": steps, "log_every_steps": 1,
+    """configs/synthetic.py:tiny, with a checkpoint and a log line every step."""
+    return {"data.data_dir": data_dir, "num_train_steps": steps, "log_every_steps": 1,
             "eval_every_epochs": 1000, "checkpoint_every_steps": 1, "keep_checkpoints": 3}
 
 

@@ -2,6 +2,7 @@
 
     python -m rsa_jax.main --config configs/synthetic.py --workdir /tmp/rsa_synth
     python -m rsa_jax.main --config configs/synthetic.py:tsn2d --workdir /tmp/tsn2d_synth
+    python -m rsa_jax.main --config configs/synthetic.py:tiny --workdir /tmp/tiny
 
 The argument picks the backbone: 'rsa' (default) or the baselines 'tsn2d' /
 'tsn3d'. Same recipe as the paper (SGD Nesterov, warm-up + cosine, label
@@ -12,13 +13,28 @@ official multi-scale crop scales only. Measured (docs/training.md#cpu-demo-synth
 the net sits near chance until it learns motion, then reaches > 90 % val top-1 within a
 few epochs; with width 16 and 16 heads (one channel per head in stage 1) that wait was
 longer and seed-dependent (seed 1: 50.5 % after 30 epochs).
+
+',tiny' (``tsn2d,tiny``; 'tiny' alone is rsa) shrinks the run to seconds per compile,
+as big_vision's `runlocal`: the tiny split (32 train / 16 validation clips), 4 frames
+at 32², one RSA layer (3×3×3 kernels, in stage 4), batch 8, two epochs, no start-up
+measurements. The tests, benchmarks/chaos_resume.py and the smoke run of
+benchmarks/device_suite.py start from it.
 """
 
 import ml_collections
 from ml_collections import config_dict
 
+BACKBONES = ("rsa", "tsn2d", "tsn3d")
+
 
 def get_config(arg: str = "rsa") -> ml_collections.ConfigDict:
+    """``arg``: a backbone of BACKBONES, ``tiny``, or both (``tsn2d,tiny``)."""
+    parts = [p for p in arg.split(",") if p]
+    tiny = "tiny" in parts
+    backbone = [p for p in parts if p != "tiny"] or ["rsa"]
+    if len(backbone) != 1 or backbone[0] not in BACKBONES:
+        raise ValueError(f"configs/synthetic.py:{arg}: expected one of {', '.join(BACKBONES)}, "
+                         "optionally with ',tiny' (or 'tiny' alone)")
     c = ml_collections.ConfigDict()
     c.seed = 0
 
@@ -44,7 +60,7 @@ def get_config(arg: str = "rsa") -> ml_collections.ConfigDict:
     c.eval_split = "validation"
 
     c.model = ml_collections.ConfigDict()
-    c.model.backbone = arg                 # 'rsa' | 'tsn2d' | 'tsn3d'
+    c.model.backbone = backbone[0]         # 'rsa' | 'tsn2d' | 'tsn3d'
     c.model.depth = 18
     c.model.width = 8
     c.model.num_classes = 8
@@ -96,4 +112,28 @@ def get_config(arg: str = "rsa") -> ml_collections.ConfigDict:
     c.keep_checkpoints = 2
     c.eval_batch_size = 32
     c.test_batch_size = 8
+    if tiny:
+        _tiny(c)
     return c
+
+
+def _tiny(c: ml_collections.ConfigDict) -> None:
+    """The run of the tests and smoke runs: seconds per compile on one CPU core."""
+    c.data.builder_config = "tiny"         # 32 train / 16 validation clips, 32×40
+    c.data.num_frames = 4
+    c.data.image_size = 32
+    c.data.num_threads = 1
+    c.model.rsa_positions = ((), (), (), (1,))   # one RSA layer, in stage 4
+    c.model.rsa.num_heads = 2
+    c.model.rsa.kernel_size = [3, 3, 3]
+    c.global_batch_size = 8                # 4 steps per epoch, one clip per simulated device
+    c.eval_batch_size = 8
+    c.test_batch_size = 8
+    c.num_epochs = 2
+    c.eval_every_epochs = 1
+    c.log_every_steps = 2
+    c.checkpoint_every_steps = 2
+    # No start-up measurements (a forward compile and 1.5 s of decoding per run);
+    # tests/test_preemption.py turns them on and checks their lines.
+    c.log_mfu = False
+    c.input_check_seconds = 0.0

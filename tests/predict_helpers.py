@@ -1,7 +1,7 @@
 """A tiny trained-looking workdir for the predict / explain / export / analyze tests.
 
 ``make_workdir`` builds the tiny synthetic dataset, initialises a small RSA
-network (ResNet-18 layout, width 8, two RSA layers with 3×3×3 kernels) and
+network (configs/synthetic.py:tiny with a second RSA layer, in stage 2) and
 saves it exactly as training does: ``config.json``, ``class_names.json`` and
 an orbax step under ``checkpoints/`` with a validation metric. No training:
 the tools under test only need *a* model and the files training writes.
@@ -13,21 +13,15 @@ import os
 
 import jax
 import ml_collections
-from data_helpers import synthetic_cfg
+
+from tests import train_helpers
 
 
 def tiny_config(data_dir: str) -> ml_collections.ConfigDict:
-    from configs import synthetic
-    c = synthetic.get_config("rsa")
-    c.data = synthetic_cfg(data_dir, crop_scales=(1.0, 0.875), num_threads=1)
-    c.model.width = 8
+    """configs/synthetic.py:tiny with a second RSA layer, ``layer2_1`` (explain's tests
+    draw its kernels)."""
+    c = train_helpers.tiny_config(data_dir)
     c.model.rsa_positions = ((), (1,), (), (1,))
-    c.model.rsa = dict(num_heads=2, kernel_size=[3, 3, 3], kernel_type="VplusR",
-                       context_type="VplusR", implementation="conv")
-    c.model.dropout = 0.0
-    c.global_batch_size = 8
-    c.eval_batch_size = 8
-    c.mesh_shape = {"data": -1}
     return c
 
 

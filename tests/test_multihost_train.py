@@ -26,50 +26,33 @@ import json
 import os
 import re
 import signal
-import subprocess
-import sys
 import time
 
 import jax
 import numpy as np
-import portpicker
 import pytest
 
 from rsa_jax import parallel
 from rsa_jax.data import pipeline
 from rsa_jax.train import train
 from rsa_jax.train.checkpoint import Checkpointer, abstract_like
+from tests.train_helpers import (
+    MULTIHOST_OVERRIDES,
+    MULTIHOST_STEPS,
+    kill,
+    start,
+    tiny_config,
+    wait,
+    write_config_py,
+)
 
 pytestmark = pytest.mark.slow
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-NUM_STEPS = 6
-# configs/synthetic.py shrunk to seconds per compile (as tests/test_train_loop.py).
-OVERRIDES = {
-    "data.builder_config": "tiny", "data.num_frames": 4, "data.image_size": 32,
-    "data.num_threads": 1, "model.width": 8, "model.rsa_positions": [[], [], [], [1]],
-    "model.rsa.num_heads": 2, "model.rsa.kernel_size": [3, 3, 3],
-    "global_batch_size": 8, "eval_batch_size": 8, "test_batch_size": 8,
-    "num_train_steps": NUM_STEPS, "log_every_steps": 1, "eval_every_epochs": 100,
-    "checkpoint_every_steps": 2, "keep_checkpoints": 5,
-    "log_mfu": False,    # no MFU compile at start (hence no input check either)
-}
-CONFIG_PY = """
-import configs.synthetic as synthetic
-
-def get_config():
-    c = synthetic.get_config()
-    c.update_from_flattened_dict({overrides!r})
-    return c
-"""
-TIMEOUT_S = 600   # per two-process run; ~1 min idle, several on a loaded 2-core CI runner
+NUM_STEPS = MULTIHOST_STEPS
 
 
 def _config(data_dir):
-    import configs.synthetic as synthetic
-    c = synthetic.get_config()
-    c.update_from_flattened_dict({**OVERRIDES, "data.data_dir": data_dir})
-    return c
+    return tiny_config(data_dir, **MULTIHOST_OVERRIDES)
 
 
 @pytest.fixture(scope="module")
@@ -77,73 +60,16 @@ def setup_dir(tmp_path_factory):
     """A config file for main.py and an (unbuilt: process 0 builds it) data dir."""
     d = tmp_path_factory.mktemp("multihost")
     data_dir = str(d / "tfds")
-    with open(d / "tiny_config.py", "w") as f:
-        f.write(CONFIG_PY.format(overrides={**OVERRIDES, "data.data_dir": data_dir}))
+    write_config_py(d, **MULTIHOST_OVERRIDES, **{"data.data_dir": data_dir})
     return d
 
 
-def _env(cache_dir):
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("SLURM_", "RSA_", "JAX_", "TPU_"))}
-    env.update(XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu",
-               PYTHONPATH=ROOT, TF_CPP_MIN_LOG_LEVEL="3", PYTHONUNBUFFERED="1",
-               JAX_COMPILATION_CACHE_DIR=str(cache_dir),
-               JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
-    return env
-
-
-def _start(setup_dir, workdir, tag):
-    """Starts processes 0 and 1 of one run; their output goes to <workdir>.<tag>.<i>.log."""
-    port = portpicker.pick_unused_port()
-    procs = []
-    for i in range(2):
-        log = open(f"{workdir}.{tag}.{i}.log", "w")
-        procs.append(subprocess.Popen(
-            [sys.executable, "-m", "rsa_jax.main", f"--config={setup_dir}/tiny_config.py",
-             f"--workdir={workdir}", f"--coordinator_address=127.0.0.1:{port}",
-             "--num_processes=2", f"--process_id={i}", "--alsologtostderr"],
-            cwd=ROOT, env=_env(setup_dir / "jit_cache"), stdout=log, stderr=subprocess.STDOUT,
-            start_new_session=True))
-        procs[-1].log_path = log.name
-        log.close()
-    return procs
-
-
-def _kill(procs):
-    for p in procs:
-        if p.poll() is None:
-            os.killpg(p.pid, signal.SIGKILL)
-            p.wait()
-
-
-def _tail(procs):
-    return "\n".join(f"--- process {i} ({p.log_path}):\n" + open(p.log_path).read()[-3000:]
-                     for i, p in enumerate(procs))
-
-
-def _wait(procs, timeout=TIMEOUT_S, until=None):
-    """Waits until all exit 0 (or ``until()`` is true); kills all on failure."""
-    deadline = time.time() + timeout
-    try:
-        while time.time() < deadline:
-            codes = [p.poll() for p in procs]
-            if any(c not in (None, 0) for c in codes):
-                pytest.fail(f"a process exited with {codes}\n{_tail(procs)}")
-            if all(c == 0 for c in codes) or (until is not None and until()):
-                return
-            time.sleep(0.05)
-        pytest.fail(f"timed out after {timeout}s\n{_tail(procs)}")
-    except BaseException:
-        _kill(procs)
-        raise
-
-
 def _run(setup_dir, workdir, tag="run"):
-    procs = _start(setup_dir, workdir, tag)
+    procs = start(setup_dir, workdir, tag)
     try:
-        _wait(procs)
+        wait(procs)
     finally:
-        _kill(procs)
+        kill(procs)
     return procs
 
 
@@ -240,15 +166,15 @@ def test_kill_one_process_then_restart_both_resumes_bit_exactly(setup_dir, two_p
                                                            reference):
     full, _ = two_process_run
     workdir = str(setup_dir / "killed")
-    procs = _start(setup_dir, workdir, "first")
+    procs = start(setup_dir, workdir, "first")
     try:
-        _wait(procs, until=lambda: bool(_steps(workdir)))   # first checkpoint committed
+        wait(procs, until=lambda: bool(_steps(workdir)))   # first checkpoint committed
         assert all(p.poll() is None for p in procs), "finished before it could be killed"
         os.killpg(procs[1].pid, signal.SIGKILL)             # a host dies mid-run ...
         procs[1].wait()
         time.sleep(0.5)
     finally:
-        _kill(procs)                                        # ... and the job is torn down
+        kill(procs)                                        # ... and the job is torn down
     at_kill = _steps(workdir)
     assert at_kill and at_kill[-1] < NUM_STEPS, at_kill
 

@@ -22,6 +22,7 @@ import pytest
 from rsa_jax import parallel
 from rsa_jax.data import pipeline
 from rsa_jax.train import preemption, train
+from tests import train_helpers
 
 
 def test_signal_only_sets_a_flag_and_handlers_are_restored():
@@ -64,9 +65,8 @@ def data_dir(tmp_path_factory):
 
 
 def tiny_config(data_dir, **kw) -> ml_collections.ConfigDict:
-    """tests/test_train_loop.py's tiny synthetic run, 6 steps, checkpoints every 4."""
-    from test_train_loop import _config
-    return _config(data_dir, **{
+    """configs/synthetic.py:tiny, 6 steps, checkpoints every 4."""
+    return train_helpers.tiny_config(data_dir, **{
         "num_train_steps": 6, "log_every_steps": 1, "eval_every_epochs": 100,
         "checkpoint_every_steps": 4, "keep_checkpoints": 5, **kw})
 
@@ -142,10 +142,9 @@ MULTIHOST = {"num_train_steps": 8, "checkpoint_every_steps": 4}
 
 @pytest.fixture(scope="module")
 def two_process_dir(tmp_path_factory):
-    from test_multihost_train import CONFIG_PY, OVERRIDES
     d = tmp_path_factory.mktemp("preempt_multihost")
-    overrides = {**OVERRIDES, **MULTIHOST, "data.data_dir": str(d / "tfds")}
-    (d / "tiny_config.py").write_text(CONFIG_PY.format(overrides=overrides))
+    train_helpers.write_config_py(d, **{**train_helpers.MULTIHOST_OVERRIDES, **MULTIHOST,
+                                        "data.data_dir": str(d / "tfds")})
     return d
 
 
@@ -158,35 +157,35 @@ def _train_rows(workdir):
 
 @pytest.mark.slow
 def test_two_processes_sigterm_one_host_then_rerun_is_bit_identical(two_process_dir):
-    from test_multihost_train import TIMEOUT_S, _kill, _start, _tail, _wait
+    from tests.train_helpers import TIMEOUT_S, kill, start, tail, wait
     # The persistent compilation cache is on (as in test_multihost_train): a host that
     # finds its executables cached waits for the other at the start barrier, which
     # comes after the train step is compiled (rsa_jax/train/train.py).
 
     def run(workdir, tag):
-        procs = _start(d, workdir, tag)
+        procs = start(d, workdir, tag)
         try:
-            _wait(procs)
+            wait(procs)
         finally:
-            _kill(procs)
+            kill(procs)
 
     d = two_process_dir
     full, part = str(d / "full"), str(d / "part")
     run(full, "run")
-    procs = _start(d, part, "preempted")
+    procs = start(d, part, "preempted")
     try:
         deadline = time.time() + TIMEOUT_S
         while _train_rows(part) < 2 and time.time() < deadline:
-            assert all(p.poll() is None for p in procs), _tail(procs)
+            assert all(p.poll() is None for p in procs), tail(procs)
             time.sleep(0.05)
         os.kill(procs[1].pid, signal.SIGTERM)              # one host is preempted
         codes = [p.wait(timeout=TIMEOUT_S) for p in procs]
     finally:
-        _kill(procs)
-    assert codes == [143, 143], _tail(procs)
+        kill(procs)
+    assert codes == [143, 143], tail(procs)
     log0, log1 = (open(p.log_path).read() for p in procs)
     m = re.search(r"a signal on another host: stopped at step (\d+)", log0)
-    assert m, _tail(procs)
+    assert m, tail(procs)
     stop = int(m.group(1))
     assert 2 <= stop < 8 and f"SIGTERM: stopped at step {stop}" in log1
     assert os.path.isdir(os.path.join(part, "checkpoints", str(stop), "data"))

@@ -2,7 +2,8 @@
 kill-and-resume is bit-exact, a NaN loss stops the run, eval/test write score
 files, and the ensemble tool reads them.
 
-One small RSA net (depth 18, width 8, one RSA block) is compiled a few times;
+One small RSA net (configs/synthetic.py:tiny: depth 18, width 8, one RSA block) is
+compiled a few times;
 the persistent compilation cache keeps the repeats cheap.
 """
 
@@ -10,7 +11,6 @@ import json
 import os
 
 import jax
-import ml_collections
 import numpy as np
 import pytest
 
@@ -18,6 +18,7 @@ from rsa_jax import ensemble
 from rsa_jax.data import pipeline
 from rsa_jax.train import train
 from rsa_jax.train.checkpoint import Checkpointer
+from tests.train_helpers import tiny_config
 
 pytestmark = pytest.mark.slow
 
@@ -27,35 +28,8 @@ def data_dir(tmp_path_factory):
     jax.config.update("jax_compilation_cache_dir", str(tmp_path_factory.mktemp("jit_cache")))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
     d = str(tmp_path_factory.mktemp("tfds"))
-    pipeline.prepare(_config(d).data)
+    pipeline.prepare(tiny_config(d).data)
     return d
-
-
-def _config(data_dir, **kw) -> ml_collections.ConfigDict:
-    import configs.synthetic as synthetic  # the README's config, shrunk below
-    c = synthetic.get_config()
-    c.data.builder_config = "tiny"          # 32 train / 16 validation clips, 32×40
-    c.data.data_dir = data_dir
-    c.data.num_frames = 4
-    c.data.image_size = 32
-    c.data.num_threads = 1
-    c.model.width = 8
-    c.model.rsa_positions = [[], [], [], [1]]
-    c.model.rsa = dict(num_heads=2, kernel_size=[3, 3, 3], kernel_type="VplusR",
-                       context_type="VplusR", implementation="conv")
-    c.global_batch_size = 8                 # 4 steps per epoch, one clip per device
-    c.eval_batch_size = 8
-    c.test_batch_size = 8
-    c.num_epochs = 2
-    c.log_every_steps = 2
-    c.eval_every_epochs = 1
-    c.checkpoint_every_steps = 2
-    # Start-up measurements off (a forward compile and 1.5 s of decoding per run);
-    # tests/test_preemption.py runs them end to end and checks their lines.
-    c.log_mfu = False
-    c.input_check_seconds = 0.0
-    c.update(kw)
-    return c
 
 
 def _params(workdir, step):
@@ -67,9 +41,9 @@ def _params(workdir, step):
 
 def test_kill_and_resume_is_bit_exact(data_dir, tmp_path):
     full, part = str(tmp_path / "full"), str(tmp_path / "part")
-    train.train_and_evaluate(_config(data_dir, num_train_steps=6), full)
-    train.train_and_evaluate(_config(data_dir, num_train_steps=3), part)   # "killed" at 3
-    metrics = train.train_and_evaluate(_config(data_dir, num_train_steps=6), part)
+    train.train_and_evaluate(tiny_config(data_dir, num_train_steps=6), full)
+    train.train_and_evaluate(tiny_config(data_dir, num_train_steps=3), part)   # "killed" at 3
+    metrics = train.train_and_evaluate(tiny_config(data_dir, num_train_steps=6), part)
     a, b = _params(full, 6), _params(part, 6)
     for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)):
         np.testing.assert_array_equal(x, y)
@@ -84,9 +58,9 @@ def test_kill_and_resume_is_bit_exact(data_dir, tmp_path):
 
 def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(data_dir, tmp_path):
     workdir = str(tmp_path / "nan")
-    train.train_and_evaluate(_config(data_dir, num_train_steps=2), workdir)
+    train.train_and_evaluate(tiny_config(data_dir, num_train_steps=2), workdir)
     with pytest.raises(FloatingPointError, match="last good checkpoint is step 2"):
-        train.train_and_evaluate(_config(data_dir, num_train_steps=6, learning_rate=1e30),
+        train.train_and_evaluate(tiny_config(data_dir, num_train_steps=6, learning_rate=1e30),
                                      workdir)
     steps = sorted(int(s) for s in os.listdir(os.path.join(workdir, "checkpoints")) if s.isdigit())
     assert steps == [2]
@@ -94,9 +68,9 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(data_dir, tmp_path
 
 def test_eval_and_test_modes_write_scores_and_ensemble(data_dir, tmp_path):
     workdir = str(tmp_path / "run")
-    train.train_and_evaluate(_config(data_dir, num_train_steps=2), workdir)
-    m_eval = train.evaluate_checkpoint(_config(data_dir), workdir, mode="eval")
-    m_test = train.evaluate_checkpoint(_config(data_dir), workdir, mode="test")
+    train.train_and_evaluate(tiny_config(data_dir, num_train_steps=2), workdir)
+    m_eval = train.evaluate_checkpoint(tiny_config(data_dir), workdir, mode="eval")
+    m_test = train.evaluate_checkpoint(tiny_config(data_dir), workdir, mode="test")
     f_eval = np.load(os.path.join(workdir, "eval", "validation_scores.npz"))
     f_test = np.load(os.path.join(workdir, "eval", "validation_test_scores.npz"))
     assert f_eval["scores"].shape == (16, 8) and int(f_test["views"]) == 6
@@ -116,7 +90,7 @@ def test_eval_schedule_checkpoints_every_eval_and_mode_eval_takes_the_best(
     checkpoints every 3 steps, periods that do not divide each other; the run also
     uses uint8 input, BN groups of 4 clips and the official epoch step."""
     workdir = str(tmp_path / "run")
-    cfg = _config(data_dir, num_epochs=3, eval_every_epochs=3, eval_last_epochs=2,
+    cfg = tiny_config(data_dir, num_epochs=3, eval_every_epochs=3, eval_last_epochs=2,
                   checkpoint_every_steps=3, keep_checkpoints=5, official_epoch_step=True)
     cfg.data.uint8_output = True
     cfg.model.bn_group_clips = 4
@@ -172,7 +146,7 @@ def test_progress_figures_use_the_measured_step_time(data_dir, tmp_path, capsys,
     meter = mfu_lib.MfuMeter(flops, 1, "cpu", peak)
     monkeypatch.setattr(mfu_lib, "meter_for_run", lambda config: meter)
     workdir = str(tmp_path / "run")
-    cfg = _config(data_dir, num_train_steps=3, log_every_steps=1, eval_every_epochs=10)
+    cfg = tiny_config(data_dir, num_train_steps=3, log_every_steps=1, eval_every_epochs=10)
     capsys.readouterr()
     train.train_and_evaluate(cfg, workdir)
     lines = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("step ")
