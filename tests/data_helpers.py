@@ -91,3 +91,35 @@ def synthetic_cfg(data_dir: str, **overrides) -> ml_collections.ConfigDict:
                test_num_clips=1, test_num_crops=1, num_workers=0, prefetch=2)
     cfg.update(overrides)
     return ml_collections.ConfigDict(cfg)
+
+
+# A video_folder dataset (tests/test_video_folder.py, tests/test_documented_commands_run.py).
+COLOURS = {"blue square": (40, 60, 220), "green square": (40, 200, 60),
+           "red square": (220, 40, 40), "yellow square": (230, 220, 40)}
+
+
+def write_clip(path: str, colour, rng, n: int = 8, h: int = 64, w: int = 80) -> None:
+    """A square of the class colour moving over a noisy grey background."""
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    y0, x0, dx = rng.integers(4, h - 28), rng.integers(4, w - 40), rng.integers(1, 3)
+    with av.open(path, "w") as c:
+        s = c.add_stream("libx264", rate=8)
+        s.width, s.height, s.pix_fmt = w, h, "yuv420p"
+        for t in range(n):
+            frame = rng.normal(128, 20, (h, w, 3)).clip(0, 255).astype(np.uint8)
+            frame[y0:y0 + 24, x0 + dx * t:x0 + dx * t + 24] = colour
+            for p in s.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
+                c.mux(p)
+        for p in s.encode():
+            c.mux(p)
+
+
+def make_folder_dataset(root: str, per_class: dict, seed: int = 0) -> str:
+    """A video_folder dataset: ``root/<split>/<class>/clipNN.mp4``, ``per_class[split]``
+    clips per class of COLOURS; returns ``root``."""
+    rng = np.random.default_rng(seed)
+    for split, n in per_class.items():
+        for name, colour in COLOURS.items():
+            for i in range(n):
+                write_clip(os.path.join(root, split, name, f"clip{i:02d}.mp4"), colour, rng)
+    return root

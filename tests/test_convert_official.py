@@ -1,7 +1,8 @@
 """Official checkpoint -> orbax -> ResNetTSN, against the network fixture.
 
-The fixture's 22M weights are regenerated here from their documented rule
-(fixtures/README.md, "Weights"): reimplemented below, not imported.  A real
+The fixture's 22M weights are regenerated from their documented rule
+(fixtures/README.md, "Weights"): reimplemented in tests/convert_helpers.py, not
+imported from the fixture generator.  A real
 official-format `.pth.tar` is written with torch, converted with the CLI, and
 the restored model must reproduce the official float64 oracle's logits and
 per-stage features.
@@ -13,8 +14,6 @@ import json
 import os
 import subprocess
 import sys
-import zlib
-from collections import OrderedDict
 from pathlib import Path
 
 import numpy as np
@@ -28,44 +27,11 @@ import orbax.checkpoint as ocp  # noqa: E402
 
 from rsa_jax.convert import load_official_checkpoint  # noqa: E402
 from rsa_jax.models import build_model  # noqa: E402
+from tests.convert_helpers import official_state_dict, save_official  # noqa: E402
 
 FIXTURES = Path(__file__).parent / "fixtures"
 REPO = Path(__file__).resolve().parents[1]
 TOL = 3e-5  # fixtures/README.md: float32 network features and logits
-
-
-def regenerate_weight(key: str, shape, salt: str = "") -> np.ndarray:
-    """The fixture rule: per-key PCG64 seeded by crc32(salt + key), by leaf name."""
-    shape = tuple(int(s) for s in shape)
-    rng = np.random.default_rng(zlib.crc32((salt + key).encode("utf-8")))
-    leaf = key.rsplit(".", 1)[-1]
-    if leaf == "num_batches_tracked":
-        return np.zeros(shape, np.int64)
-    if leaf in ("running_mean", "P1"):
-        x = 0.1 * rng.standard_normal(shape)
-    elif leaf == "running_var":
-        x = rng.uniform(0.5, 1.5, shape)
-    elif leaf == "I":
-        x = np.eye(shape[-1]) + 0.1 * rng.standard_normal(shape)
-    elif len(shape) == 1 and leaf == "weight":  # BN scale
-        x = rng.uniform(0.5, 1.5, shape)
-    elif len(shape) == 1 and leaf == "bias":  # BN shift, classifier bias
-        x = 0.1 * rng.standard_normal(shape)
-    else:  # conv / classifier weights
-        x = rng.standard_normal(shape) * np.sqrt(1.0 / int(np.prod(shape[1:])))
-    return x.astype(np.float32)
-
-
-def official_state_dict(salt: str = "") -> OrderedDict[str, torch.Tensor]:
-    keys = json.loads((FIXTURES / "official_checkpoint_keys.json").read_text())
-    return OrderedDict((k, torch.from_numpy(regenerate_weight(k, shape, salt)))
-                       for k, shape, _ in keys)
-
-
-def save_official(path: Path, state_dict) -> Path:
-    torch.save({"epoch": 80, "arch": "ResNet", "state_dict": state_dict,
-                "best_prec1": 53.986}, path)
-    return path
 
 
 def rel_err(a, b) -> float:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from collections import OrderedDict
 from pathlib import Path
 
 import numpy as np
@@ -22,33 +21,13 @@ from rsa_jax.convert import (  # noqa: E402
     backbone_to_torchvision,
     merge_pretrained,
     torchvision_to_backbone,
-    variables_to_state_dict,
 )
 from rsa_jax.models import build_model  # noqa: E402
+from tests.convert_helpers import torchvision_state_dict  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 RSA_BLOCKS = ("layer1_2", "layer2_1", "layer2_3", "layer3_1", "layer3_3", "layer3_5",
               "layer4_1")
-
-
-def torchvision_state_dict(depth=50, seed=0, counters=True) -> OrderedDict:
-    """A file in torchvision's resnet{depth} layout, with random values."""
-    model = build_model({"depth": depth, "backbone": "tsn2d", "num_classes": 1000})
-    abstract = jax.eval_shape(lambda: model.init(
-        jax.random.PRNGKey(0), jnp.zeros((1, 1, 32, 32, 3)), train=False))
-    rng = np.random.default_rng(seed)
-    zeros = jax.tree_util.tree_map(lambda a: np.zeros(a.shape, np.float32), abstract)
-    sd = OrderedDict()
-    for k, v in variables_to_state_dict(zeros, model).items():
-        v = rng.standard_normal(v.shape).astype(np.float32)
-        if k.startswith("new_fc."):
-            sd["fc." + k.split(".")[1]] = torch.from_numpy(v.reshape(v.shape[:2]))
-            continue
-        k = k[len("base_model."):]
-        sd[k] = torch.from_numpy(v[:, :, 0] if v.ndim == 5 else v)
-        if counters and k.endswith("running_var"):
-            sd[k[:-len("running_var")] + "num_batches_tracked"] = torch.tensor(7)
-    return sd
 
 
 def fresh(cfg):

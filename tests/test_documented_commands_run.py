@@ -90,7 +90,7 @@ def finetuned(tmp_path_factory):
     4-class video_folder dataset, from a converted checkpoint with 5 classes."""
     from rsa_jax.convert import official
     from rsa_jax.models import build_model
-    from tests.test_video_folder import make_folder_dataset
+    from tests.data_helpers import make_folder_dataset
     root = tmp_path_factory.mktemp("documented")
     [cmd] = [c for c in _documented() if c.module == "rsa_jax.main"
              and "configs/finetune.py:4" in c.args and c.where.startswith("docs/using.md")]
@@ -133,8 +133,7 @@ def test_finetune_command_runs_through_main(finetuned):
 def inputs(finetuned, tmp_path_factory):
     """What the placeholders of the documented commands stand for."""
     torch = pytest.importorskip("torch")
-    from tests.test_convert_official import official_state_dict, save_official
-    from tests.test_convert_torchvision import torchvision_state_dict
+    from tests.convert_helpers import official_state_dict, save_official, torchvision_state_dict
     root, workdir, videos, _ = finetuned
     tmp = tmp_path_factory.mktemp("inputs")
     clip = sorted(glob.glob(os.path.join(videos, "validation", "*", "*.mp4")))[0]
