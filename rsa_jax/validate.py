@@ -29,10 +29,6 @@ DTYPES = ("float32", "bfloat16", "float16")
 # backend's default: TF32 on Ampere/Hopper GPUs, bf16 passes on TPU, float32 on CPU.
 # 'highest' is true float32, as the official V100 run (docs/training.md#recipe-audit).
 PRECISIONS = ("default", "high", "highest")
-# `model.precision` of convolutions and matmuls (jax.lax.Precision names); None is the
-# backend's default: TF32 on Ampere/Hopper GPUs, bf16 passes on TPU, float32 on CPU.
-# 'highest' is true float32, as the official V100 run (docs/training.md#recipe-audit).
-PRECISIONS = ("default", "high", "highest")
 SYNTHETIC = "synthetic_motion"
 
 
@@ -84,11 +80,6 @@ def _check_model(model: Any) -> None:
     if dtype not in DTYPES:
         raise ConfigError(f"--config.model.dtype={dtype!r} is not one of {', '.join(DTYPES)}"
                           f"{suggest(str(dtype), DTYPES)}")
-    precision = model.get("precision")
-    if precision is not None and precision not in PRECISIONS:
-        raise ConfigError(f"--config.model.precision={precision!r} is not one of "
-                          f"{', '.join(PRECISIONS)} (or None, the backend's default)"
-                          f"{suggest(str(precision), PRECISIONS)}")
     precision = model.get("precision")
     if precision is not None and precision not in PRECISIONS:
         raise ConfigError(f"--config.model.precision={precision!r} is not one of "
