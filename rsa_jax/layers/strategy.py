@@ -6,9 +6,10 @@ string, ``'autotune:<shape>=<candidate>;...'`` (hashable and JSON-safe); `layer_
 is what each `RSA` layer does with that string.  Candidates are named
 ``'<implementation>/<variant>'``:
 
-* ``conv/native``, ``conv/taps2d``, ``conv/auto`` — the factorised layer with the
-  `conv_forms.select_forms` strategy (``conv/auto`` only on CPU, where it differs
-  from both others: banded matmuls on small frames);
+* ``conv/native``, ``conv/taps2d``, ``conv/auto``, ``conv/flat`` — the factorised
+  layer with the `conv_forms.select_forms` strategy (``conv/auto`` only on CPU, where
+  it differs from the others: banded matmuls on small frames; ``conv/flat`` only on
+  accelerators, whose tiled layouts it is for);
 * ``patches/stack``, ``patches/lax`` — explicit windows by pad + slice + stack or
   by ``lax.conv_general_dilated_patches`` (not on CPU: its gradient there is
   pathologically slow).
@@ -30,7 +31,7 @@ def candidates(platform: str | None = None) -> list[str]:
     """The real strategies valid for `platform` (`conv_forms.resolve_platform`)."""
     if resolve_platform(platform) == "cpu":
         return ["conv/auto", "conv/taps2d", "conv/native", "patches/stack"]
-    return ["conv/native", "conv/taps2d", "patches/lax", "patches/stack"]
+    return ["conv/native", "conv/flat", "conv/taps2d", "patches/lax", "patches/stack"]
 
 
 def shape_key(layer: Any, x_shape: Sequence[int]) -> str:
