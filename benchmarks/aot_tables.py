@@ -6,7 +6,8 @@
 ``run`` compiles the train step of every row below that is not yet in ``aot.jsonl``
 of the results folder beside this script (one JSON line per compile,
 `rsa_jax.aot.summary` plus the row's name), in the order listed, so an interrupted
-run resumes where it stopped.  Full RSA-R50 compiles at 16×224² take ~25 minutes each on 2 CPU cores.
+run resumes where it stopped.  A full RSA-R50 compile at 16×224² takes ~25 minutes on
+2 idle CPU cores (72 minutes on a loaded VM, RESULTS.md).
 
 Rows are per clip: one chip, per-chip batch 1, ``bn_group_clips = 0`` (a batch of one
 clip has no group of 8; batch-norm grouping does not change the buffers).
