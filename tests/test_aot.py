@@ -33,14 +33,9 @@ TINY_MODEL = dict(depth=18, width=4, num_classes=3, rsa_positions=[[1], [], [], 
 
 
 def _tiny_config():
+    """The project's one tiny run (configs/synthetic.py:tiny)."""
     import configs.synthetic as synthetic
-    c = synthetic.get_config()
-    c.data.num_frames = 2
-    c.data.image_size = 16
-    c.model.update(TINY_MODEL)
-    c.model.num_classes = 8
-    c.global_batch_size = 4
-    return c
+    return synthetic.get_config("tiny")
 
 
 def _convs(jaxpr, out=None):

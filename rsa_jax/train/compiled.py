@@ -108,9 +108,7 @@ def collectives(hlo_text: str) -> dict[str, dict[str, int]]:
     out: dict[str, dict[str, int]] = {}
     op = "|".join(_COLLECTIVES)
     for m in re.finditer(rf"=\s*(.+?)\s+({op})(-start)?\(", hlo_text):
-        shapes = re.findall(r"\b([a-z]+\d*)\[([\d,]*)\]", m.group(1))
-        sizes = [_DTYPE_BYTES.get(t, 0) * math.prod(int(d) for d in dims.split(",") if d)
-                 for t, dims in shapes]
+        sizes = _array_bytes(m.group(1))
         if m.group(3) and m.group(2) in ("all-gather", "collective-permute") and len(sizes) > 1:
             sizes = sizes[len(sizes) // 2:len(sizes) // 2 + 1]
         entry = out.setdefault(m.group(2), {"count": 0, "bytes": 0})
@@ -119,9 +117,10 @@ def collectives(hlo_text: str) -> dict[str, dict[str, int]]:
     return out
 
 
-def _result_bytes(type_text: str) -> int:
-    return int(sum(_DTYPE_BYTES.get(t, 0) * math.prod(int(d) for d in dims.split(",") if d)
-                   for t, dims in re.findall(r"\b([a-z]+\d*)\[([\d,]*)\]", type_text)))
+def _array_bytes(type_text: str) -> list[int]:
+    """Bytes of each array in an HLO result type (``bf16[8,128]{...}`` or a tuple)."""
+    return [_DTYPE_BYTES.get(t, 0) * math.prod(int(d) for d in dims.split(",") if d)
+            for t, dims in re.findall(r"\b([a-z]+\d*)\[([\d,]*)\]", type_text)]
 
 
 def unoptimised_flops(lowered: Any) -> float:
@@ -158,7 +157,7 @@ def largest_fusions(hlo_text: str, top: int = 8) -> list[dict]:
         src = re.search(r'op_name="([^"]*)"', line)
         rows.append({"name": m.group(1), "op": kind.group(1) if kind else m.group(3),
                      "shape": re.sub(r"\{[^}]*\}", "", m.group(2))[:80],
-                     "bytes": _result_bytes(m.group(2)),
+                     "bytes": sum(_array_bytes(m.group(2))),
                      "source": src.group(1)[-90:] if src else ""})
     return sorted(rows, key=lambda r: -r["bytes"])[:top]
 
